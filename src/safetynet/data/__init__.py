@@ -1,0 +1,38 @@
+"""Data loaders. Every loader takes a local path; nothing here downloads.
+
+``load_dataset(name, ...)`` is the one entry point the jobs use:
+
+* ``cifar10``: CIFAR-10 from ``data_dir`` in binary, python or image-folder form;
+* ``cifar10-sample``: the 1,000 CIFAR-10 test images embedded in the package (offline default);
+* ``digits``: scikit-learn's bundled 8x8 digits.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import InputError
+from .cifar10 import CLASSES, ImageSet, load_binary, load_cifar10, load_folder, load_python
+from .digits import load_digits
+
+DATASETS = ("cifar10", "cifar10-sample", "digits")
+
+
+def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None) -> ImageSet:
+    if name == "cifar10":
+        if data_dir is None:
+            raise InputError("the cifar10 data set needs --data-dir pointing at CIFAR-10 (e.g. ../shared/data/cifar10-jpg)")
+        return load_cifar10(data_dir, split)  # type: ignore[arg-type]
+    if name == "cifar10-sample":
+        from .sample import load_sample
+
+        if split != "test":
+            raise InputError("the embedded cifar10-sample holds test images only; use split='test'")
+        return load_sample()
+    if name == "digits":
+        return load_digits(split)  # type: ignore[arg-type]
+    raise InputError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+__all__ = ["CLASSES", "DATASETS", "ImageSet", "load_binary", "load_cifar10", "load_dataset", "load_digits",
+           "load_folder", "load_python"]

@@ -1,0 +1,49 @@
+"""Classifiers with named late ReLU layers, checkpoints and the shipped pretrained model.
+
+Every model takes [0, 1] inputs (normalisation is inside) and lists its tappable late ReLUs
+in ``model.late_relus`` (module names usable with ``model.get_submodule``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .resnet import CifarResNet
+
+ARCHS = ("resnet20", "resnet32", "vgg", "smallcnn", "vgg19")
+
+
+def build_model(arch: str, **kwargs: Any) -> nn.Module:
+    """Build a model by architecture name (see :data:`ARCHS`); kwargs go to its constructor."""
+    if arch in ("resnet20", "resnet32") or arch.startswith("resnet"):
+        try:
+            depth = int(arch.removeprefix("resnet"))
+        except ValueError:
+            raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}") from None
+        return CifarResNet(depth=depth, **kwargs)
+    if arch == "vgg":
+        from .vgg import CifarVGG
+
+        return CifarVGG(**kwargs)
+    if arch == "smallcnn":
+        from .small import SmallCNN
+
+        return SmallCNN(**kwargs)
+    if arch == "vgg19":
+        from .vgg19 import VGG19
+
+        return VGG19(**kwargs)
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+def pretrained(name: str = "cifar10-resnet20") -> nn.Module:
+    """Load a shipped checkpoint after verifying its sha256 (see :mod:`safetynet.models.pretrained`)."""
+    from .pretrained import load_pretrained
+
+    return load_pretrained(name)
+
+
+__all__ = ["ARCHS", "build_model", "load_checkpoint", "save_checkpoint", "pretrained", "CifarResNet"]

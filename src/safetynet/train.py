@@ -1,0 +1,191 @@
+"""``safetynet train``: train a classifier on CPU with a one-cycle schedule, resumable per epoch.
+
+Typical use (the shipped ResNet-20 was made this way; see ``src/safetynet/weights/README.md``)::
+
+    safetynet train --dataset cifar10 --data-dir ../shared/data/cifar10-jpg --arch resnet20 \
+        --epochs 30 --out runs/resnet20 --seed 0
+
+Every epoch writes ``model.safetensors`` + ``config.json`` (the model) and ``train_state.pt``
+(optimizer, schedule, RNG; tensors only, loaded with ``weights_only=True``) atomically, and
+appends one JSON line to ``log.jsonl``. Re-running the same command resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._io import atomic_path
+from .data import ImageSet, load_dataset
+from .errors import CheckpointError, InputError
+from .models import build_model, save_checkpoint
+from .progress import progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "cifar10"  # cifar10 | digits
+    data_dir: str | None = None  # CIFAR-10 folder (binary, python or image-folder form)
+    arch: str = "resnet20"  # resnet20 | resnet32 | vgg | smallcnn
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.2  # one-cycle peak learning rate (SGD, Nesterov momentum)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # not applied to BatchNorm and bias parameters
+    warmup_fraction: float = 0.25  # share of steps spent rising to the peak lr
+    label_smoothing: float = 0.0
+    augment: bool = True  # random crop (pad 4) + horizontal flip, as batched tensor ops
+    eval_subset: int = 2000  # test images scored after each epoch (all of them after the last)
+    seed: int = 0
+    threads: int = 1  # torch threads; 1 leaves the other core free (see README)
+    channels_last: bool = True
+    out: str = "runs/train"
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise InputError("epochs and batch_size must be >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"lr must be a positive finite number, got {self.lr}")
+        if not 0 < self.warmup_fraction < 1:
+            raise InputError(f"warmup_fraction must be in (0, 1), got {self.warmup_fraction}")
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop after zero padding and random horizontal flip, for a whole batch at once."""
+    b, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
+    out = xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    flip = torch.rand(b, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, data: ImageSet, batch_size: int = 500, limit: int | None = None,
+                      desc: str = "evaluating") -> float:
+    """Top-1 accuracy of ``model`` on the first ``limit`` images of ``data``."""
+    was_training = model.training
+    model.eval()
+    n = len(data) if limit is None else min(limit, len(data))
+    correct = 0
+    for i in progress(range(0, n, batch_size), desc=desc):
+        x = data.images_u8[i:i + batch_size][: n - i].float().div_(255)
+        correct += int((model(x).argmax(1) == data.labels[i:i + len(x)]).sum())
+    model.train(was_training)
+    return correct / max(n, 1)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _model_config(cfg: TrainConfig, data: ImageSet) -> dict:
+    mc: dict = {"arch": cfg.arch, "num_classes": len(data.classes), "in_channels": int(data.images_u8.shape[1])}
+    if cfg.dataset == "digits":
+        mc.update(mean=[0.5], std=[0.5])
+    return mc
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train per ``cfg``; returns the final metrics dict (also in ``out/log.jsonl`` and ``config.json``)."""
+    cfg.validate()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_set = load_dataset(cfg.dataset, "train", cfg.data_dir)
+    test_set = load_dataset(cfg.dataset, "test", cfg.data_dir)
+    model_cfg = _model_config(cfg, train_set)
+    model = build_model(**model_cfg)
+    memory_format = torch.channels_last if cfg.channels_last and train_set.images_u8.shape[-1] >= 16 else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup_fraction,
+        div_factor=10.0, final_div_factor=100.0, anneal_strategy="cos", cycle_momentum=False)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start_epoch = 0
+    state_path = out / "train_state.pt"
+    if state_path.exists():
+        start_epoch, metrics = _resume(state_path, out, cfg, model, opt, sched, gen)
+        log.info("resuming %s after epoch %d", out, start_epoch)
+    else:
+        metrics = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        model.train()
+        perm = torch.randperm(len(train_set), generator=gen)
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
+        for s in bar:
+            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            x = train_set.images_u8[idx].float().div_(255)
+            y = train_set.labels[idx]
+            if cfg.augment:
+                x = augment_batch(x, gen)
+            x = x.contiguous(memory_format=memory_format)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        last = epoch + 1 == cfg.epochs
+        limit = None if last else cfg.eval_subset
+        test_acc = evaluate_accuracy(model, test_set, limit=limit)
+        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                   "test_acc": test_acc, "test_images": len(test_set) if limit is None else min(limit, len(test_set)),
+                   "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 1),
+                   "images_per_second": round(seen / (time.time() - t0), 1)}
+        save_checkpoint(model, out, model_cfg, extra={"train_config": dataclasses.asdict(cfg), "metrics": metrics})
+        with atomic_path(state_path, suffix=".pt") as tmp:
+            torch.save({"epoch": torch.tensor(epoch + 1), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        log.info("epoch %d/%d %s", epoch + 1, cfg.epochs, json.dumps(metrics))
+    return metrics
+
+
+def _resume(state_path: Path, out: Path, cfg: TrainConfig, model: nn.Module, opt, sched, gen) -> tuple[int, dict]:
+    from .models import load_checkpoint
+
+    loaded, meta = load_checkpoint(out)
+    old = meta.get("train_config", {})
+    for key in ("arch", "dataset", "epochs", "batch_size", "lr", "seed"):
+        if old.get(key) != getattr(cfg, key):
+            raise CheckpointError(f"{out} holds a run with {key}={old.get(key)!r}, not {getattr(cfg, key)!r}; "
+                                  "use another --out or the same settings to resume")
+    model.load_state_dict(loaded.state_dict())
+    try:
+        state = torch.load(state_path, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means the state is unusable
+        raise CheckpointError(f"corrupt training state {state_path}: {e}; delete it to restart") from None
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["epoch"]), meta.get("metrics", {})

@@ -1,0 +1,43 @@
+"""Shared fixtures. Real data is found through one setting, ``SAFETYNET_DATA``.
+
+``SAFETYNET_DATA`` defaults to ``../shared/data`` (relative to the repository root). Where the
+folder is absent, tests that need it skip with the reason; under CI (``CI=true``) a missing
+data folder is a failure instead, so CI can never pass by silently skipping.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("SAFETYNET_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+def require_data(*parts: str) -> Path:
+    """Return ``SAFETYNET_DATA/<parts>``; skip (or fail under CI=true) when it is missing."""
+    path = shared_data_dir().joinpath(*parts)
+    if not path.exists():
+        msg = f"shared data {path} not found; set SAFETYNET_DATA to the folder holding cifar10-jpg/ and rgbd/"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg + " (CI=true: missing data is a failure)")
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir() -> Path:
+    return require_data("cifar10-jpg")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_and_seed():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
