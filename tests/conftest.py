@@ -41,3 +41,17 @@ def _one_thread_and_seed():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory) -> Path:
+    """A SmallCNN trained on the digits (~98 % test accuracy, a few seconds), shared by all tests."""
+    from safetynet.train import train
+    from safetynet.train_config import TrainConfig
+
+    out = tmp_path_factory.mktemp("digits-smallcnn")
+    torch.set_num_threads(1)
+    metrics = train(TrainConfig(dataset="digits", arch="smallcnn", epochs=15, augment=False, lr=0.05,
+                                batch_size=64, eval_subset=450, out=str(out)))
+    assert metrics["test_acc"] > 0.9, metrics
+    return out

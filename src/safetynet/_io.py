@@ -25,6 +25,10 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp makes 0600 files; give artifacts the usual umask-based mode instead.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
         os.replace(tmp_path, path)

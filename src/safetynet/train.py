@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,40 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._io import atomic_path
+from .train_config import TrainConfig
 from .data import ImageSet, load_dataset
 from .errors import CheckpointError, InputError
 from .models import build_model, save_checkpoint
 from .progress import progress
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    dataset: str = "cifar10"  # cifar10 | digits
-    data_dir: str | None = None  # CIFAR-10 folder (binary, python or image-folder form)
-    arch: str = "resnet20"  # resnet20 | resnet32 | vgg | smallcnn
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.2  # one-cycle peak learning rate (SGD, Nesterov momentum)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4  # not applied to BatchNorm and bias parameters
-    warmup_fraction: float = 0.25  # share of steps spent rising to the peak lr
-    label_smoothing: float = 0.0
-    augment: bool = True  # random crop (pad 4) + horizontal flip, as batched tensor ops
-    eval_subset: int = 2000  # test images scored after each epoch (all of them after the last)
-    seed: int = 0
-    threads: int = 1  # torch threads; 1 leaves the other core free (see README)
-    channels_last: bool = True
-    out: str = "runs/train"
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise InputError("epochs and batch_size must be >= 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise InputError(f"lr must be a positive finite number, got {self.lr}")
-        if not 0 < self.warmup_fraction < 1:
-            raise InputError(f"warmup_fraction must be in (0, 1), got {self.warmup_fraction}")
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:

@@ -16,6 +16,8 @@ import hashlib
 import io
 import os
 import pickle
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -113,6 +115,10 @@ def load_binary(root: str | os.PathLike[str], split: Split = "train") -> ImageSe
 
 
 # ----------------------------------------------------------------------------- python form
+class _Refused(pickle.UnpicklingError):
+    """A pickle asked for a global outside the allow-list (as opposed to a merely broken file)."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Admit only what CIFAR's python batches contain: numpy arrays and builtin containers.
 
@@ -127,21 +133,25 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
         ("_codecs", "encode"),
+        # pickle protocol 5 (e.g. pickle.HIGHEST_PROTOCOL) stores arrays via np.frombuffer
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
     }
 
     def find_class(self, module: str, name: str):  # noqa: D102 - pickle API
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays, lists, dicts, bytes, str and int are allowed")
+        raise _Refused(f"refusing to load {module}.{name}: only numpy arrays, lists, dicts, bytes, str and int are allowed")
 
 
 def _restricted_load(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             obj = _RestrictedUnpickler(f, encoding="bytes").load()
-    except pickle.UnpicklingError as e:
+    except _Refused as e:
         raise DataError(f"refusing CIFAR-10 file {path}: {e}") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            OverflowError) as e:
         raise DataError(f"corrupt CIFAR-10 file {path}: {e}") from None
     if not isinstance(obj, dict):
         raise DataError(f"corrupt CIFAR-10 file {path}: expected a dict, got {type(obj).__name__}")
@@ -165,8 +175,11 @@ def load_python(root: str | os.PathLike[str], split: Split = "train") -> ImageSe
             raise DataError(f"corrupt CIFAR-10 file {path}: 'data' must be a uint8 array of shape (N, 3072)")
         if not isinstance(labels, list) or len(labels) != data.shape[0]:
             raise DataError(f"corrupt CIFAR-10 file {path}: 'labels' must be a list of {data.shape[0]} ints")
+        try:
+            ys.append(np.asarray(labels, dtype=np.int64))
+        except (TypeError, ValueError, OverflowError):
+            raise DataError(f"corrupt CIFAR-10 file {path}: 'labels' must be a list of ints") from None
         xs.append(data.reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(labels, dtype=np.int64))
     labels = np.concatenate(ys)
     if labels.min() < 0 or labels.max() >= len(CLASSES):
         raise DataError(f"corrupt CIFAR-10 files in {d}: labels outside 0..9")
@@ -261,7 +274,7 @@ def load_folder(
             try:
                 with np.load(cache, allow_pickle=False) as z:
                     return ImageSet(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), tuple(classes))
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
                 pass  # a broken cache is rebuilt below, never trusted
     images, labels = _decode_folder(files, size)
     if cache is not None:

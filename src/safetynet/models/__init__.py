@@ -46,4 +46,21 @@ def pretrained(name: str = "cifar10-resnet20") -> nn.Module:
     return load_pretrained(name)
 
 
-__all__ = ["ARCHS", "build_model", "load_checkpoint", "save_checkpoint", "pretrained", "CifarResNet"]
+def resolve_model(spec: str) -> tuple[nn.Module, str]:
+    """A checkpoint folder path or a shipped model name -> (model in eval mode, description)."""
+    from pathlib import Path
+
+    from ..errors import CheckpointError
+
+    if Path(spec).is_dir():
+        model, _ = load_checkpoint(spec)
+        return model, str(spec)
+    from .pretrained import available_pretrained
+
+    names = available_pretrained()
+    if spec in names:
+        return pretrained(spec), f"pretrained:{spec}"
+    raise CheckpointError(f"--model {spec!r} is neither a checkpoint folder nor a shipped model ({', '.join(names) or 'none shipped'})")
+
+
+__all__ = ["ARCHS", "build_model", "load_checkpoint", "save_checkpoint", "pretrained", "resolve_model", "CifarResNet"]

@@ -54,8 +54,11 @@ def read_checkpoint_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"corrupt checkpoint config {cfg_path}: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
         raise CheckpointError(f"{cfg_path} is not a safetynet checkpoint config (missing format/model keys)")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{cfg_path} has format version {meta['format_version']}; upgrade safetynet to read it")
+    version = meta.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise CheckpointError(f"{cfg_path} has format version {version}; upgrade safetynet to read it")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{cfg_path} has unknown format version {version!r}; expected 1..{FORMAT_VERSION}")
     return meta
 
 
@@ -72,10 +75,18 @@ def load_checkpoint(directory: str | os.PathLike[str], map_location: str = "cpu"
         state = load_file(str(weights), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"corrupt weights file {weights}: {e}") from None
-    model = build_model(**meta["model"])
+    spec = meta["model"]
+    if not isinstance(spec, dict) or not isinstance(spec.get("arch"), str):
+        raise CheckpointError(f"{directory / CONFIG} has no model architecture: 'model' must be an object with an 'arch' name")
+    try:
+        model = build_model(**spec)
+    except (TypeError, ValueError) as e:  # unknown arch or constructor arguments (InputError is a ValueError)
+        raise CheckpointError(f"{directory / CONFIG} describes a model this safetynet cannot build: {e}") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise CheckpointError(f"weights in {weights} do not match the model in {CONFIG}: {first}") from None
+        # line 0 is "Error(s) in loading state_dict for X:"; the next lines name the keys/shapes
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = "; ".join(ln[:300] for ln in lines[1:3]) or lines[0]
+        raise CheckpointError(f"weights in {weights} do not match the model in {CONFIG}: {detail}") from None
     return model.eval(), meta

@@ -1,0 +1,51 @@
+"""Type-I attacks: adversarial examples that fool the classifier (Foolbox-style contract).
+
+Every attack is called as ``attack(model, images, labels_or_criterion, eps=...)`` and returns
+``AttackResult(raw, clipped, success)``; see :mod:`safetynet.attacks.base`. Models take [0, 1]
+images (normalisation is inside the model).
+
+>>> from safetynet.attacks import PGD, DeepFool, TopKMisclassification
+>>> raw, adv, success = PGD(steps=10, seed=0)(model, images, labels, eps=8 / 255)
+>>> raw, adv, success = DeepFool()(model, images, TopKMisclassification(labels, k=5))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InputError
+from .base import Attack, AttackResult, clip_to_ball, distances
+from .bim import BIM
+from .bim_l2 import BIML2
+from .criteria import And, Criterion, Misclassification, TargetedMisclassification, TopKMisclassification, as_criterion
+from .deepfool import DeepFool
+from .fgsm import FGSM
+from .pgd import PGD
+from .pgd_l2 import PGDL2
+
+#: Attack names used by the CLI and the benchmark grid.
+ATTACKS: dict[str, type[Attack]] = {
+    "fgsm": FGSM,
+    "bim": BIM,
+    "bim-l2": BIML2,
+    "pgd": PGD,
+    "pgd-l2": PGDL2,
+    "deepfool": DeepFool,
+}
+
+
+def make_attack(name: str, **hyperparameters: Any) -> Attack:
+    """Build an attack by name (see :data:`ATTACKS`); unknown hyperparameters raise ``InputError``."""
+    try:
+        cls = ATTACKS[name]
+    except KeyError:
+        raise InputError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}") from None
+    try:
+        return cls(**hyperparameters)
+    except TypeError as e:
+        raise InputError(f"attack {name!r} does not take these settings: {e}") from None
+
+
+__all__ = ["ATTACKS", "And", "Attack", "AttackResult", "BIM", "BIML2", "Criterion", "DeepFool", "FGSM",
+           "Misclassification", "PGD", "PGDL2", "TargetedMisclassification", "TopKMisclassification",
+           "as_criterion", "clip_to_ball", "distances", "make_attack"]

@@ -1,0 +1,333 @@
+"""Single-file readers: colour images and depth maps in the formats RGB-D data sets use.
+
+Depth maps come back in metres with a validity mask. The sentinel and scale conventions:
+
+============  ==========================================  ============================
+format        stored value                                no reading
+============  ==========================================  ============================
+``png``       16-bit grey PNG, ``value / scale`` metres   0 and 65535
+``pgm``       16-bit binary PGM (P5, big-endian)          0 and 65535
+``npy``       any numeric array, ``value / scale``        0, +inf (NaN is an error)
+``pfm``       Middlebury disparity (px) + ``calib.txt``   +inf, disparity <= 0
+``dpt``       MPI Sintel float32 depth, ``value/scale``   0, +inf
+``sun``       SUN RGB-D PNG, bits rotated right by 3      0
+``nyu-raw``   NYU raw Kinect PGM (byte-swapped, 11 bit)   2047, or beyond 10 m
+============  ==========================================  ============================
+
+``scale`` is in stored units per metre: 1000 for millimetres (the default for ``png``/``pgm``),
+5000 for TUM RGB-D and ICL-NUIM, 1 for ``npy`` and ``dpt`` (stored in metres).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ...errors import DataError, InputError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SINTEL_TAG = 202021.25
+# NYU Depth v2 toolbox (camera_params.m, depth_rel2depth_abs.m): metres = 351.3 / (1092.5 - raw).
+NYU_DEPTH_PARAM1 = 351.3
+NYU_DEPTH_PARAM2 = 1092.5
+NYU_MAX_DEPTH = 10.0
+NYU_RAW_INVALID = 2047  # the Kinect's 11-bit "no reading" code
+
+
+class DepthFormat(str, Enum):
+    PNG = "png"
+    PGM = "pgm"
+    NPY = "npy"
+    PFM = "pfm"
+    DPT = "dpt"
+    SUN = "sun"
+    NYU_RAW = "nyu-raw"
+
+
+DEFAULT_SCALE = {DepthFormat.PNG: 1000.0, DepthFormat.PGM: 1000.0, DepthFormat.NPY: 1.0,
+                 DepthFormat.DPT: 1.0, DepthFormat.SUN: 1000.0}
+_BY_SUFFIX = {".png": DepthFormat.PNG, ".pgm": DepthFormat.PGM, ".npy": DepthFormat.NPY,
+              ".pfm": DepthFormat.PFM, ".dpt": DepthFormat.DPT}
+
+PathLike = str | os.PathLike[str]
+
+
+def _read_bytes(path: PathLike) -> bytes:
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"file {path} does not exist; check the path") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a folder; pass a file") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Decode a colour image (PNG, JPEG, PPM, ...) to uint8 (H, W, 3)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image {path} does not exist; check the path")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit grey used as a colour image: keep the top 8 bits.
+                arr = (np.asarray(im, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+                return np.repeat(arr[..., None], 3, axis=2)
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot decode image {path} ({e}); the file is corrupt or not an image") from None
+
+
+def read_png16(path: PathLike) -> np.ndarray:
+    """The raw values of a 16-bit grey PNG as uint16 (H, W); other bit depths are an error."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(26)
+    except FileNotFoundError:
+        raise DataError(f"file {path} does not exist; check the path") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(head) < 26 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        raise DataError(f"depth file {path} is not a PNG (bad signature); the file is corrupt or misnamed")
+    bit_depth, colour_type = head[24], head[25]
+    if colour_type != 0 or bit_depth != 16:
+        kind = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}.get(colour_type, "unknown")
+        raise DataError(f"depth PNG {path} is {bit_depth}-bit {kind}; a 16-bit single-channel PNG is expected "
+                        "(8-bit or colour images cannot hold metric depth)")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot decode depth PNG {path} ({e}); the file is corrupt") from None
+    if arr.ndim != 2 or arr.min() < 0 or arr.max() > 65535:
+        raise DataError(f"depth PNG {path} decoded to an unexpected array {arr.shape} {arr.dtype}")
+    return arr.astype(np.uint16)
+
+
+_PGM_HEADER = re.compile(rb"\A(P[25])\s+(?:#[^\n]*\s+)*(\d+)\s+(?:#[^\n]*\s+)*(\d+)\s+(?:#[^\n]*\s+)*(\d+)\s")
+
+
+def read_pgm16(path: PathLike) -> np.ndarray:
+    """The raw values of a 16-bit binary PGM (P5, big-endian as the format specifies) as uint16."""
+    path = Path(path)
+    data = _read_bytes(path)
+    m = _PGM_HEADER.match(data)
+    if m is None:
+        raise DataError(f"depth file {path} is not a PGM (no 'P5 width height maxval' header)")
+    magic, w, h, maxval = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
+    if magic != b"P5":
+        raise DataError(f"depth PGM {path} is ASCII (P2); convert it to binary P5")
+    if maxval < 256:
+        raise DataError(f"depth PGM {path} is 8-bit (maxval {maxval}); a 16-bit PGM (maxval > 255) is expected")
+    if maxval > 65535 or w < 1 or h < 1:
+        raise DataError(f"depth PGM {path} has an invalid header ({w}x{h}, maxval {maxval})")
+    payload = data[m.end():]
+    if len(payload) < 2 * w * h:
+        raise DataError(f"depth PGM {path} is truncated: {len(payload)} bytes of pixels, {2 * w * h} expected")
+    return np.frombuffer(payload, dtype=">u2", count=w * h).reshape(h, w).astype(np.uint16)
+
+
+_PFM_HEADER = re.compile(rb"\A(P[Ff])\s+(\d+)\s+(\d+)\s+([-+0-9.eE]+)\s")
+
+
+def read_pfm(path: PathLike) -> np.ndarray:
+    """A single-channel PFM as float32 (H, W), rows top to bottom (the file stores them bottom-up)."""
+    path = Path(path)
+    data = _read_bytes(path)
+    m = _PFM_HEADER.match(data)
+    if m is None:
+        raise DataError(f"{path} is not a PFM file (no 'Pf width height scale' header)")
+    if m.group(1) == b"PF":
+        raise DataError(f"PFM {path} has 3 channels; a single-channel (Pf) disparity or depth map is expected")
+    w, h = int(m.group(2)), int(m.group(3))
+    try:
+        scale = float(m.group(4))
+    except ValueError:
+        raise DataError(f"PFM {path} has an invalid scale field {m.group(4)!r}") from None
+    if w < 1 or h < 1 or scale == 0:
+        raise DataError(f"PFM {path} has an invalid header ({w}x{h}, scale {scale})")
+    payload = data[m.end():]
+    if len(payload) < 4 * w * h:
+        raise DataError(f"PFM {path} is truncated: {len(payload)} bytes of pixels, {4 * w * h} expected")
+    dtype = "<f4" if scale < 0 else ">f4"  # negative scale means little-endian
+    arr = np.frombuffer(payload, dtype=dtype, count=w * h).reshape(h, w)
+    return np.ascontiguousarray(arr[::-1]).astype(np.float32)
+
+
+def read_dpt(path: PathLike) -> np.ndarray:
+    """An MPI Sintel ``.dpt`` depth file as float32 (H, W)."""
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 12:
+        raise DataError(f"Sintel depth file {path} is truncated ({len(data)} bytes)")
+    tag = np.frombuffer(data, dtype="<f4", count=1)[0]
+    if tag != np.float32(SINTEL_TAG):
+        raise DataError(f"{path} is not a Sintel .dpt file (header tag {tag!r}, expected {SINTEL_TAG}); "
+                        "the file is corrupt or byte-swapped")
+    w, h = (int(v) for v in np.frombuffer(data, dtype="<i4", count=2, offset=4))
+    if not (0 < w < 100_000 and 0 < h < 100_000):
+        raise DataError(f"Sintel depth file {path} has an invalid size {w}x{h}")
+    if len(data) - 12 != 4 * w * h:
+        raise DataError(f"Sintel depth file {path} holds {len(data) - 12} bytes of depth, {4 * w * h} expected "
+                        f"for {w}x{h}; the file is truncated or corrupt")
+    return np.frombuffer(data, dtype="<f4", count=w * h, offset=12).reshape(h, w).astype(np.float32)
+
+
+def read_middlebury_calib(path: PathLike) -> dict[str, float]:
+    """Parse a Middlebury ``calib.txt``: focal length ``f`` (px), ``baseline`` (mm), ``doffs`` (px), ..."""
+    path = Path(path)
+    text = _read_bytes(path).decode("utf-8", errors="replace")
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if "=" not in line:
+            continue
+        key, value = (s.strip() for s in line.split("=", 1))
+        if key == "cam0":
+            nums = re.findall(r"[-+0-9.eE]+", value)
+            if len(nums) != 9:
+                raise DataError(f"{path}: cam0 must be a 3x3 matrix, got {value!r}")
+            out["f"], out["cx"], out["cy"] = float(nums[0]), float(nums[2]), float(nums[5])
+        else:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                continue
+    missing = [k for k in ("f", "baseline", "doffs") if k not in out]
+    if missing:
+        raise DataError(f"Middlebury calibration {path} lacks {', '.join(missing)}; expected cam0=, doffs=, baseline=")
+    return out
+
+
+def disparity_to_depth(disparity: np.ndarray, calib: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Middlebury: depth [mm] = baseline * f / (d + doffs); returns (metres, valid)."""
+    d = disparity.astype(np.float64)
+    valid = np.isfinite(d) & (d > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = calib["baseline"] * calib["f"] / (d + calib["doffs"]) / 1000.0
+    valid &= np.isfinite(depth) & (depth > 0)
+    return np.where(valid, depth, 0.0), valid
+
+
+def sun_decode(raw: np.ndarray) -> np.ndarray:
+    """SUN RGB-D stores millimetres with the 16 bits rotated: mm = (v >> 3) | (v << 13), in 16 bits."""
+    v = raw.astype(np.uint32)
+    return (((v >> 3) | (v << 13)) & 0xFFFF).astype(np.uint16)
+
+
+def nyu_raw_to_metres(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NYU Depth v2 raw Kinect values (already byte-swapped) to metres, as the NYU toolbox does.
+
+    ``depth_rel2depth_abs.m``: ``351.3 ./ (1092.5 - raw)``. The toolbox clamps results above
+    10 m to 10 m; here such pixels (and the 2047 "no reading" code) are marked invalid instead.
+    """
+    r = raw.astype(np.float64)
+    valid = r < NYU_RAW_INVALID
+    with np.errstate(divide="ignore"):
+        depth = NYU_DEPTH_PARAM1 / (NYU_DEPTH_PARAM2 - r)
+    valid &= (depth > 0) & (depth <= NYU_MAX_DEPTH)
+    return np.where(valid, depth, 0.0), valid
+
+
+def _check_depth(depth: np.ndarray, valid: np.ndarray, path: PathLike) -> None:
+    if not valid.any():
+        raise DataError(f"depth map {path} has no valid pixel (all zero or marked missing); "
+                        "the file is empty or the format/scale is wrong")
+
+
+def read_depth_array(path: PathLike, scale: float | None = None, *, format: str | DepthFormat | None = None,
+                     calib: PathLike | dict[str, float] | None = None,
+                     max_depth: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`read_depth` but returns numpy (H, W) float32 metres and (H, W) bool valid."""
+    path = Path(path)
+    fmt = _resolve_format(path, format)
+    if scale is not None:
+        if fmt in (DepthFormat.PFM, DepthFormat.NYU_RAW):
+            raise InputError(f"scale does not apply to {fmt.value} depth (its conversion to metres is fixed)")
+        if not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
+            raise InputError(f"scale must be a positive number of stored units per metre, got {scale!r}")
+    if fmt in (DepthFormat.PNG, DepthFormat.PGM, DepthFormat.SUN):
+        raw = read_pgm16(path) if fmt == DepthFormat.PGM else read_png16(path)
+        if fmt == DepthFormat.SUN:
+            raw = sun_decode(raw)
+        valid = (raw > 0) & (raw < 65535)
+        depth = raw.astype(np.float64) / float(scale or DEFAULT_SCALE[fmt])
+    elif fmt == DepthFormat.NYU_RAW:
+        raw = read_pgm16(path).byteswap()  # NYU wrote little-endian data under a big-endian PGM header
+        depth, valid = nyu_raw_to_metres(raw)
+    elif fmt == DepthFormat.PFM:
+        disp = read_pfm(path)
+        if np.isnan(disp).any():
+            raise DataError(f"disparity map {path} contains NaN; mark unknown pixels with +inf (Middlebury convention)")
+        if calib is None:
+            calib = path.parent / "calib.txt"
+            if not calib.exists():
+                raise DataError(f"{path} holds disparity; its calib.txt (focal length, baseline, doffs) was not "
+                                f"found next to it; pass calib=PATH")
+        cal = calib if isinstance(calib, dict) else read_middlebury_calib(calib)
+        depth, valid = disparity_to_depth(disp, cal)
+    else:
+        if fmt == DepthFormat.NPY:
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except FileNotFoundError:
+                raise DataError(f"file {path} does not exist; check the path") from None
+            except (OSError, ValueError, EOFError) as e:
+                raise DataError(f"cannot read {path} as a .npy array ({e}); the file is corrupt") from None
+            if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
+                arr = arr.reshape(arr.shape[1:] if arr.shape[0] == 1 else arr.shape[:2])
+            if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+                raise DataError(f"depth array {path} must be a 2-D numeric (H, W) array, got {arr.shape} {arr.dtype}")
+        else:
+            arr = read_dpt(path)
+        arr = arr.astype(np.float64)
+        if np.isnan(arr).any():
+            raise DataError(f"depth map {path} contains NaN; mark missing readings with 0 instead")
+        if (arr < 0).any():
+            raise DataError(f"depth map {path} contains negative values (min {arr.min():.4g}); depth must be >= 0")
+        valid = np.isfinite(arr) & (arr > 0)
+        depth = np.where(valid, arr, 0.0) / float(scale or DEFAULT_SCALE[fmt])
+    if max_depth is not None:
+        valid &= depth <= max_depth
+    depth = np.where(valid, depth, 0.0).astype(np.float32)
+    _check_depth(depth, valid, path)
+    return depth, valid
+
+
+def read_depth(path: PathLike, scale: float | None = None, *, format: str | DepthFormat | None = None,
+               calib: PathLike | dict[str, float] | None = None,
+               max_depth: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read a depth map in metres: returns float32 (1, H, W) depth (0 where invalid) and bool (1, H, W) valid.
+
+    ``format`` defaults from the suffix (``.png .pgm .npy .pfm .dpt``); SUN RGB-D and raw NYU
+    files need ``format="sun"`` / ``format="nyu-raw"``. ``scale`` is stored units per metre
+    (default 1000 for PNG/PGM/SUN, 1 for npy/dpt). ``calib`` is the Middlebury ``calib.txt``
+    for PFM disparity (default: next to the file). Readings beyond ``max_depth`` metres are
+    marked invalid. Raises :class:`DataError` for unreadable files, 8-bit depth images, NaN,
+    negative values or a map with no valid pixel.
+    """
+    depth, valid = read_depth_array(path, scale, format=format, calib=calib, max_depth=max_depth)
+    return torch.from_numpy(depth)[None], torch.from_numpy(valid)[None]
+
+
+def _resolve_format(path: Path, format: str | DepthFormat | None) -> DepthFormat:
+    if format is None:
+        fmt = _BY_SUFFIX.get(path.suffix.lower())
+        if fmt is None:
+            raise DataError(f"unknown depth file type {path.suffix!r} for {path}; pass format= one of "
+                            f"{', '.join(f.value for f in DepthFormat)}")
+        return fmt
+    try:
+        return DepthFormat(format)
+    except ValueError:
+        raise InputError(f"unknown depth format {format!r}; choose one of {', '.join(f.value for f in DepthFormat)}") from None

@@ -1,0 +1,156 @@
+"""Figures, ``report.md`` and ``results.json`` for :func:`safetynet.experiment.run_experiment`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .evaluation.metrics import CrossAttackMatrix
+from .evaluation.plots import plot_cross_attack_heatmap, plot_roc_curves, plot_success_vs_accuracy
+from .evaluation.report import MarkdownReport, write_results_json
+
+PCT = "{:.1%}"
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
+
+
+def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: Sequence, usable: Sequence,
+                            scores: dict, conf_scores: dict, provenance: dict) -> None:
+    from .experiment import DETECTOR_TITLES, DETECTORS
+
+    fig_dir = out / "figures"
+    labels = {s.key: s.label for s in settings}
+    figures: dict[str, Path] = {}
+    if usable:
+        points = []
+        for d in DETECTORS:
+            for row in results["detectors"][d]["same_attack"]:
+                points.append({"detector": DETECTOR_TITLES[d], "attack": row["label"],
+                               "adversary_success": row["adversary_success"], "detector_accuracy": row["balanced_accuracy"]})
+        figures["fig2"] = plot_success_vs_accuracy(points, fig_dir / "success_vs_accuracy.png",
+                                                   title="Same-attack detection (Figure 2B layout)")
+        for d in ("svm-binary", "metzen"):
+            curves = {labels[s.key]: (scores[d][s.key]["natural"], scores[d][s.key]["adversarial"][s.key]) for s in usable}
+            figures[f"roc-{d}"] = plot_roc_curves(curves, fig_dir / f"roc_{d}.png", title=f"ROC: {DETECTOR_TITLES[d]}")
+        for d in DETECTORS:
+            cr = results["detectors"][d]["cross_attack"]
+            m = CrossAttackMatrix(tuple(labels[k] for k in cr["train"]), tuple(labels[k] for k in cr["test"]),
+                                  {"auc": np.asarray(cr["auc"])})
+            figures[f"cross-{d}"] = plot_cross_attack_heatmap(m, fig_dir / f"cross_attack_auc_{d}.png", metric="auc",
+                                                              title=f"Cross-attack AUC: {DETECTOR_TITLES[d]}")
+
+    rep = MarkdownReport(out / "report.md", title="SafetyNet: detecting type-I adversarial examples")
+    c = results["clean"]
+    rep.paragraph(
+        f"Data: **{provenance['dataset']}**; detectors are trained on images from the {provenance['train_from']} "
+        f"({c['train_images']} images) and tested on the {provenance['test_from']} ({c['test_images']} images). "
+        f"Classifier: `{results['model']}`, tapped layer `{cfg.layer}` "
+        f"({'all units' if cfg.pool is None else f'average-pooled to {cfg.pool}x{cfg.pool}'}). "
+        f"Clean accuracy: {_pct(c['train_accuracy'])} (train part), {_pct(c['test_accuracy'])} (test part). "
+        f"Run time {results['seconds']:.0f} s, seed {cfg.seed}.")
+    rep.paragraph(
+        "*Natural* examples are clean images the classifier labels correctly; clean images it gets wrong are "
+        "left out of detector training and of the detection metrics (their rejection rate is reported below). "
+        "*Adversarial* examples are the successful attempts of an attack on natural images (success re-checked "
+        "on the clipped images). Detection accuracy is balanced accuracy (mean of TPR and TNR) at the detector's "
+        "own threshold (SVM decision value 0; subnetwork logit 0). TPR at 1 %/5 % FPR is read off the test ROC.")
+
+    rep.heading("Attacks")
+    rep.table([{"attack": a["label"], "success (test)": a["success_rate_test"], "success (train)": a["success_rate_train"],
+                "adversarial test examples": a["adversarial_test"], "median L2": a["median_l2"],
+                "median L∞ (×255)": a["median_linf"] * 255 if a["median_linf"] == a["median_linf"] else None,
+                "seconds": a["seconds"]} for a in results["attacks"]],
+              formats={"success (test)": PCT, "success (train)": PCT, "median L2": "{:.3f}", "median L∞ (×255)": "{:.2f}",
+                       "seconds": "{:.0f}"})
+    if results["skipped_train_settings"]:
+        rep.paragraph(f"Too few successful adversarials to train or test a detector for: {results['skipped_train_settings']}.")
+
+    rep.heading("Same-attack detection (trained and tested on the same attack)")
+    for d in DETECTORS:
+        rows = results["detectors"][d]["same_attack"]
+        if not rows:
+            continue
+        rep.heading(DETECTOR_TITLES[d], level=3)
+        rep.table([{"attack": r["label"], "AUC": r["auc"], "detection acc.": r["balanced_accuracy"], "TPR": r["tpr"],
+                    "FPR": r["fpr"], "TPR@1%FPR": r["tpr_at_1fpr"], "TPR@5%FPR": r["tpr_at_5fpr"],
+                    "adversary success": r["adversary_success"], "fooled & undetected": r["fooled_undetected"],
+                    "correct but rejected": r["correct_rejected"]} for r in rows],
+                  formats={k: PCT for k in ("detection acc.", "TPR", "FPR", "TPR@1%FPR", "TPR@5%FPR", "adversary success",
+                                            "fooled & undetected", "correct but rejected")})
+    rep.paragraph(
+        "*fooled & undetected* is the paper's F→T for a multi-class classifier: the share of all attack attempts "
+        "whose result is misclassified **and** passes the detector (the adversary's success against SafetyNet); "
+        "*correct but rejected* is T→T-reject: the attempt left the label right but the detector rejects it.")
+    if "fig2" in figures:
+        rep.image(figures["fig2"], "adversary success vs detection accuracy")
+        rep.image(figures["roc-svm-binary"], "ROC SafetyNet binary")
+        rep.image(figures["roc-metzen"], "ROC Metzen subnetwork")
+
+    rep.heading("Cross-attack generalisation (rows: trained on; columns: tested on)")
+    for d in DETECTORS:
+        cr = results["detectors"][d]["cross_attack"]
+        if not cr["train"]:
+            continue
+        rep.heading(f"{DETECTOR_TITLES[d]}: AUC / TPR at 5 % FPR", level=3)
+        rows = []
+        for i, tr in enumerate(cr["train"]):
+            row = {"trained on": labels[tr]}
+            for j, te in enumerate(cr["test"]):
+                row[labels[te]] = f"{cr['auc'][i][j]:.3f} / {_pct(cr['tpr_at_5fpr'][i][j])}"
+            rows.append(row)
+        rep.table(rows)
+        rep.image(figures[f"cross-{d}"], f"cross-attack AUC {d}")
+    gen = _generalisation_summary(results)
+    if gen:
+        rep.paragraph("Mean off-diagonal AUC (generalisation to attacks not seen in training): " +
+                      ", ".join(f"{DETECTOR_TITLES[d]} {v:.3f}" for d, v in gen.items()) + ".")
+        results["mean_cross_attack_auc"] = gen
+
+    rep.heading("Natural examples and misclassified clean images")
+    rep.table([{"detector": DETECTOR_TITLES[d], "natural test images falsely rejected (per training attack)":
+                ", ".join(f"{labels[k]}: {_pct(v)}" for k, v in results["detectors"][d]["natural_false_rejection"].items()),
+                "misclassified clean images rejected": ", ".join(
+                    f"{labels[k]}: {_pct(v)}" for k, v in results["detectors"][d]["misclassified_clean_rejected"].items())}
+               for d in DETECTORS if results["detectors"][d]["same_attack"]])
+
+    rep.heading("Baseline: rejection by classification confidence")
+    cb = results["confidence_baseline"]
+    rep.paragraph(f"Reject when the max softmax probability is below {1 - cb['threshold']:.4f} "
+                  "(threshold set for 5 % false rejections on natural training images).")
+    if cb["rows"]:
+        rep.table([{"attack": r["label"], "AUC": r["auc"], "TPR": r["tpr"], "FPR": r["fpr"], "TPR@5%FPR": r["tpr_at_5fpr"]}
+                   for r in cb["rows"]], formats={"TPR": PCT, "FPR": PCT, "TPR@5%FPR": PCT})
+
+    rep.heading("Reproduce")
+    rep.paragraph("```\n" + _command(cfg) + "\n```\nFull configuration, versions and every number: `results.json`.")
+    rep.write()
+    write_results_json(out / "results.json", results, config=results["config"])
+
+
+def _generalisation_summary(results: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for d, det in results["detectors"].items():
+        auc = np.asarray(det["cross_attack"].get("auc", []), dtype=float)
+        if auc.ndim == 2 and auc.shape[0] > 1:
+            off = auc[~np.eye(len(auc), dtype=bool)]
+            out[d] = float(np.nanmean(off))
+    return out
+
+
+def _command(cfg) -> str:
+    parts = ["safetynet demo", f"--dataset {cfg.dataset}"]
+    if cfg.data_dir:
+        parts.append(f"--data-dir {cfg.data_dir}")
+    parts += [f"--model {cfg.model}", f"--grid {cfg.grid}", f"--seed {cfg.seed}", f"--out {cfg.out}"]
+    if cfg.n_train:
+        parts.append(f"--n-train {cfg.n_train}")
+    if cfg.n_test:
+        parts.append(f"--n-test {cfg.n_test}")
+    if cfg.pool:
+        parts.append(f"--pool {cfg.pool}")
+    return " ".join(parts)

@@ -1,0 +1,24 @@
+"""SceneProof: tell real RGB-D captures from fakes.
+
+This package holds the data side: fake-pair generators (``fakes``), the small monocular depth
+regressor behind the ``predicted_depth`` fake (``depth_regressor``) and the conversion of
+frames to network inputs (``patches``). Readers and the scene simulator live in
+:mod:`safetynet.data.rgbd`.
+"""
+
+from .depth_regressor import (DepthRegressor, DepthRegressorConfig, load_depth_regressor, save_depth_regressor,
+                              train_depth_regressor)
+from .fakes import (FAKES, RANDOM_FAKES, TEST_ONLY_FAKES, TRAIN_FAKES, check_rgbd_batch, derangement,
+                    down_up_sample, insert_region, insert_region_boxes, jpeg_degrade, make_fakes, predicted_depth,
+                    rendered, shift_scale_depth, swap_depth, zero_depth)
+from .patches import (DepthEncoding, augment_real, decode_depth, encode_depth, patch_positions, random_crop,
+                      resize_batch, tile, tile_rgbd, to_network_input)
+
+__all__ = [
+    "FAKES", "RANDOM_FAKES", "TEST_ONLY_FAKES", "TRAIN_FAKES", "DepthEncoding", "DepthRegressor",
+    "DepthRegressorConfig", "augment_real", "check_rgbd_batch", "decode_depth", "derangement", "down_up_sample",
+    "encode_depth", "insert_region", "insert_region_boxes", "jpeg_degrade", "load_depth_regressor", "make_fakes",
+    "patch_positions", "predicted_depth", "random_crop", "rendered", "resize_batch", "save_depth_regressor",
+    "shift_scale_depth", "swap_depth", "tile", "tile_rgbd", "to_network_input", "train_depth_regressor",
+    "zero_depth",
+]
