@@ -15,8 +15,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from safetynet.attacks import (
-    BIM, BIML2, FGSM, PGD, PGDL2, And, Criterion, DeepFool, Misclassification, TargetedMisclassification,
-    TopKMisclassification, distances, make_attack,
+    BIM,
+    BIML2,
+    FGSM,
+    PGD,
+    PGDL2,
+    And,
+    Criterion,
+    DeepFool,
+    Misclassification,
+    TargetedMisclassification,
+    TopKMisclassification,
+    distances,
+    make_attack,
 )
 from safetynet.errors import InputError
 from safetynet.models import build_model
@@ -136,7 +147,7 @@ def _summary(model, x, y, adv):
 
 def test_deepfool_matches_foolbox_success_and_median_l2(digits):
     model, x, y = digits
-    raw, adv, success = DeepFool(steps=50, overshoot=0.02)(model, x, y)
+    _, adv, success = DeepFool(steps=50, overshoot=0.02)(model, x, y)
     ours = _summary(model, x, y, adv)
     fmodel = fb.PyTorchModel(model, bounds=(0, 1))
     _, fb_adv, fb_success = fb.attacks.L2DeepFoolAttack(steps=50, overshoot=0.02)(fmodel, x, y, epsilons=None)
@@ -186,7 +197,7 @@ def test_deepfool_top_k_leaves_the_clean_top_k(digits):
     model, x, y = digits
     with torch.no_grad():
         clean_top3 = model(x).topk(3, dim=1).indices
-    raw, adv, success = DeepFool()(model, x, TopKMisclassification(y, k=3))
+    _, adv, success = DeepFool()(model, x, TopKMisclassification(y, k=3))
     with torch.no_grad():
         pred = model(adv).argmax(1)
     outside = (pred[:, None] != clean_top3).all(1) & (pred != y)
@@ -227,7 +238,7 @@ def test_budget_bounds_and_success_are_honest(attack, norm, epsilons, digits):
 
 def test_single_eps_returns_unstacked_and_large_budgets_succeed(digits):
     model, x, y = digits
-    raw, adv, success = PGD(steps=10, seed=0)(model, x, y, eps=0.3)
+    _, adv, success = PGD(steps=10, seed=0)(model, x, y, eps=0.3)
     assert adv.shape == x.shape and success.shape == (len(x),)
     assert success.float().mean() > 0.9
 
@@ -246,7 +257,7 @@ def test_mask_leaves_masked_out_channels_bit_identical(attack, resnet):
     mask = torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1)  # only the last channel (SceneProof: depth)
     eps = None if attack is DeepFool else (8 / 255 if attack in (FGSM, BIM, PGD) else 0.5)
     kwargs = {} if attack in (FGSM, DeepFool) else {"steps": 3}
-    raw, adv, success = attack(mask=mask, **kwargs)(model, x, y, eps=eps)
+    raw, adv, _ = attack(mask=mask, **kwargs)(model, x, y, eps=eps)
     # the attack itself respects the mask (raw), not only the final clipping
     assert torch.equal(raw[:, :2], x[:, :2]) and torch.equal(adv[:, :2], x[:, :2])
     assert not torch.equal(adv[:, 2], x[:, 2])
@@ -316,7 +327,7 @@ def test_topk_criterion_needs_clean_logits():
 
 
 def test_criterion_without_classes_is_refused_by_class_attacks(digits):
-    model, x, y = digits
+    model, x, _ = digits
     with pytest.raises(InputError, match="names classes"):
         PGD(steps=1)(model, x, FirstHalf(len(x)), eps=0.1)
     with pytest.raises(InputError, match="names classes"):
@@ -388,3 +399,33 @@ def test_warning_free(digits):
         warnings.simplefilter("error")
         DeepFool(steps=3)(model, x[:4], y[:4])
         PGD(steps=2, seed=0)(model, x[:4], y[:4], eps=[0.1, 0.2])
+
+
+def test_fewer_deepfool_candidates_keep_quality(digits):
+    model, x, y = digits
+    full = DeepFool(candidates=None)(model, x, y)
+    few = DeepFool(candidates=2)(model, x, y)
+    assert few.success.float().mean() >= full.success.float().mean() - 0.05
+    l2_full, l2_few = distances(x, full.clipped)["l2"], distances(x, few.clipped)["l2"]
+    both = full.success & few.success
+    assert l2_few[both].median() <= 1.1 * l2_full[both].median()
+    with pytest.raises(InputError, match="candidates"):
+        DeepFool(candidates=0)
+
+
+README_EXAMPLE = '''
+import torch
+from safetynet.attacks import PGD, DeepFool, TopKMisclassification
+from safetynet.models import build_model
+
+model = build_model("resnet20").eval()  # or safetynet.models.pretrained("cifar10-resnet20")
+images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])  # images in [0, 1]
+raw, adv, success = PGD(steps=10, seed=0)(model, images, labels, eps=8 / 255)
+raw, adv, success = DeepFool()(model, images, TopKMisclassification(labels, k=5))  # "DeepFool-5"
+print(success.float().mean().item())
+'''
+
+
+def test_readme_example_runs(capsys):
+    exec(compile(README_EXAMPLE, "README_EXAMPLE", "exec"), {})  # noqa: S102 - our own snippet, not user input
+    assert 0.0 <= float(capsys.readouterr().out) <= 1.0

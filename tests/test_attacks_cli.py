@@ -72,13 +72,13 @@ def test_attack_writes_npz_and_prints_summary(checkpoint, tmp_path, capsys):
 def test_deepfool_top_k_and_targeted(checkpoint, tmp_path, capsys):
     out = tmp_path / "df5.npz"
     code, stdout, err = _run(capsys, "attack", "--model", str(checkpoint), "--attack", "deepfool", "--k", "5",
-                             "--dataset", "digits", "--n", "30", "--out", str(out))
+                             "--candidates", "4", "--dataset", "digits", "--n", "30", "--out", str(out))
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["results"][0]["eps"] is None and summary["results"][0]["success_rate"] > 0.8
     with np.load(out, allow_pickle=False) as z:
         assert np.isinf(z["eps"]).all()
-        success, pred, clean_pred = z["success"][0], z["predictions"][0], z["clean_predictions"]
+        success, pred = z["success"][0], z["predictions"][0]
     from safetynet.data import load_digits
     from safetynet.models import load_checkpoint
 
@@ -104,6 +104,8 @@ def test_deepfool_top_k_and_targeted(checkpoint, tmp_path, capsys):
     (["--attack", "deepfool", "--k", "3", "--targeted"], "exclusive"),
     (["--attack", "deepfool", "--n", "100000"], "exceeds"),
     (["--attack", "deepfool", "--dataset", "mnist"], "unknown data set"),
+    (["--attack", "deepfool", "--candidates", "0"], "candidates"),
+    (["--attack", "pgd", "--eps", "0.1", "--candidates", "3"], "candidates"),
 ])
 def test_bad_input_gives_one_line_error(checkpoint, tmp_path, capsys, args, match):
     out = tmp_path / "x.npz"

@@ -349,6 +349,8 @@ def test_pair_folder_and_walker(tmp_path):
     by = {f.scene: f for f in frames}
     assert by["o3d/other_formats/TUM"].depth.max().item() == pytest.approx(1.5)
     assert by["nyu/a"].depth.max().item() == pytest.approx(5.2)
+    assert load_nyu_folder(nyu)[0].depth.max().item() == pytest.approx(5.2)
+    assert load_nyu_folder(nyu, scale=10000)[0].depth.max().item() == pytest.approx(2.6)
     with_rendered = find_rgbd_items(tmp_path, include_rendered=True)
     assert scene_counts(with_rendered)["icl-nuim-rendered"] == 1
     icl = [it for it in with_rendered if it.scene == "icl-nuim-rendered"][0]

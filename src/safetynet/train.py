@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -87,6 +86,8 @@ def train(cfg: TrainConfig) -> dict:
     test_set = load_dataset(cfg.dataset, "test", cfg.data_dir)
     model_cfg = _model_config(cfg, train_set)
     model = build_model(**model_cfg)
+    if cfg.init_from:
+        _warm_start(model, Path(cfg.init_from), model_cfg)
     memory_format = torch.channels_last if cfg.channels_last and train_set.images_u8.shape[-1] >= 16 else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
@@ -95,6 +96,8 @@ def train(cfg: TrainConfig) -> dict:
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup_fraction,
         div_factor=10.0, final_div_factor=100.0, anneal_strategy="cos", cycle_momentum=False)
     gen = torch.Generator().manual_seed(cfg.seed)
+    # Test folders are sorted by class: monitor on a fixed random subset, not the first images.
+    monitor_set = test_set.subset(torch.randperm(len(test_set), generator=torch.Generator().manual_seed(12345)))
     start_epoch = 0
     state_path = out / "train_state.pt"
     if state_path.exists():
@@ -127,7 +130,7 @@ def train(cfg: TrainConfig) -> dict:
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         last = epoch + 1 == cfg.epochs
         limit = None if last else cfg.eval_subset
-        test_acc = evaluate_accuracy(model, test_set, limit=limit)
+        test_acc = evaluate_accuracy(model, test_set if limit is None else monitor_set, limit=limit)
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                    "test_acc": test_acc, "test_images": len(test_set) if limit is None else min(limit, len(test_set)),
                    "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 1),
@@ -140,6 +143,17 @@ def train(cfg: TrainConfig) -> dict:
             f.write(json.dumps(metrics) + "\n")
         log.info("epoch %d/%d %s", epoch + 1, cfg.epochs, json.dumps(metrics))
     return metrics
+
+
+def _warm_start(model: nn.Module, folder: Path, model_cfg: dict) -> None:
+    from .models import load_checkpoint
+
+    loaded, meta = load_checkpoint(folder)
+    if meta.get("model") != model_cfg:
+        raise InputError(f"--init-from {folder} holds {meta.get('model')}, but this run builds {model_cfg}; "
+                         "use a checkpoint of the same architecture and dataset")
+    model.load_state_dict(loaded.state_dict())
+    log.info("initialised weights from %s", folder)
 
 
 def _resume(state_path: Path, out: Path, cfg: TrainConfig, model: nn.Module, opt, sched, gen) -> tuple[int, dict]:

@@ -21,11 +21,14 @@ class TrainConfig:
     warmup_fraction: float = 0.25  # share of steps spent rising to the peak lr
     label_smoothing: float = 0.0
     augment: bool = True  # random crop (pad 4) + horizontal flip, as batched tensor ops
-    eval_subset: int = 2000  # test images scored after each epoch (all of them after the last)
+    eval_subset: int = 2000  # random test images scored after each epoch (all of them after the last)
     seed: int = 0
     threads: int = 1  # torch threads; 1 leaves the other core free (see README)
     channels_last: bool = True
     out: str = "runs/train"
+    # Warm start: a checkpoint folder (same arch) whose weights seed a fresh schedule, e.g. a second,
+    # shorter one-cycle run after the first (a warm restart, as in SGDR). Empty string = random init.
+    init_from: str = ""
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:

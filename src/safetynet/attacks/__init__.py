@@ -17,7 +17,14 @@ from ..errors import InputError
 from .base import Attack, AttackResult, clip_to_ball, distances
 from .bim import BIM
 from .bim_l2 import BIML2
-from .criteria import And, Criterion, Misclassification, TargetedMisclassification, TopKMisclassification, as_criterion
+from .criteria import (
+    And,
+    Criterion,
+    Misclassification,
+    TargetedMisclassification,
+    TopKMisclassification,
+    as_criterion,
+)
 from .deepfool import DeepFool
 from .fgsm import FGSM
 from .pgd import PGD
@@ -46,6 +53,23 @@ def make_attack(name: str, **hyperparameters: Any) -> Attack:
         raise InputError(f"attack {name!r} does not take these settings: {e}") from None
 
 
-__all__ = ["ATTACKS", "And", "Attack", "AttackResult", "BIM", "BIML2", "Criterion", "DeepFool", "FGSM",
-           "Misclassification", "PGD", "PGDL2", "TargetedMisclassification", "TopKMisclassification",
-           "as_criterion", "clip_to_ball", "distances", "make_attack"]
+__all__ = [
+    "ATTACKS",
+    "BIM",
+    "BIML2",
+    "FGSM",
+    "PGD",
+    "PGDL2",
+    "And",
+    "Attack",
+    "AttackResult",
+    "Criterion",
+    "DeepFool",
+    "Misclassification",
+    "TargetedMisclassification",
+    "TopKMisclassification",
+    "as_criterion",
+    "clip_to_ball",
+    "distances",
+    "make_attack",
+]

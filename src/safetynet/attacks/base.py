@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal, NamedTuple, Sequence, final
+from collections.abc import Sequence
+from typing import ClassVar, Literal, NamedTuple, final
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ from .criteria import Criterion, as_criterion
 Distance = Literal["linf", "l2"]
 Eps = float | Sequence[float] | None
 
-__all__ = ["Attack", "AttackResult", "distances", "clip_to_ball"]
+__all__ = ["Attack", "AttackResult", "clip_to_ball", "distances"]
 
 
 class AttackResult(NamedTuple):

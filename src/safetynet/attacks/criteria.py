@@ -27,8 +27,14 @@ from torch import nn
 from .._validation import check_labels
 from ..errors import InputError
 
-__all__ = ["Criterion", "Misclassification", "TargetedMisclassification", "TopKMisclassification", "And",
-           "as_criterion"]
+__all__ = [
+    "And",
+    "Criterion",
+    "Misclassification",
+    "TargetedMisclassification",
+    "TopKMisclassification",
+    "as_criterion",
+]
 
 
 class Criterion(ABC):
@@ -38,11 +44,11 @@ class Criterion(ABC):
     def __call__(self, x_adv: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Return a bool tensor (N,): True where ``x_adv`` (with classifier ``logits``) is adversarial."""
 
-    def bind(self, model: nn.Module, x: torch.Tensor, num_classes: int) -> "Criterion":
+    def bind(self, model: nn.Module, x: torch.Tensor, num_classes: int) -> Criterion:
         """Return the criterion for the clean batch ``x`` of a ``num_classes`` model; checks sizes."""
         return self
 
-    def subset(self, index: torch.Tensor) -> "Criterion":
+    def subset(self, index: torch.Tensor) -> Criterion:
         """Return the criterion restricted to the samples ``index`` (int64) of the batch."""
         return self
 
@@ -54,7 +60,7 @@ class Criterion(ABC):
         """Bool (N, num_classes): classes the adversarial top-1 must avoid; None if not class-based."""
         return None
 
-    def __and__(self, other: "Criterion") -> "And":
+    def __and__(self, other: Criterion) -> And:
         if not isinstance(other, Criterion):
             return NotImplemented
         return And(self, other)
@@ -75,7 +81,7 @@ class Misclassification(Criterion):
                              f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}")
         self.labels = check_labels(labels, labels.shape[0])
 
-    def bind(self, model: nn.Module, x: torch.Tensor, num_classes: int) -> "Misclassification":
+    def bind(self, model: nn.Module, x: torch.Tensor, num_classes: int) -> Misclassification:
         _check_batch(type(self).__name__, len(self.labels), x)
         check_labels(self.labels, len(self.labels), num_classes)
         return Misclassification(self.labels.to(x.device))
@@ -83,7 +89,7 @@ class Misclassification(Criterion):
     def __call__(self, x_adv: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         return logits.argmax(1) != self.labels
 
-    def subset(self, index: torch.Tensor) -> "Misclassification":
+    def subset(self, index: torch.Tensor) -> Misclassification:
         return Misclassification(self.labels[index])
 
     def loss_classes(self) -> tuple[torch.Tensor, bool]:
@@ -104,7 +110,7 @@ class TargetedMisclassification(Criterion):
             raise InputError("targets must be a 1-D integer tensor (N,) of target classes")
         self.targets = check_labels(targets, targets.shape[0], name="targets")
 
-    def bind(self, model: nn.Module, x: torch.Tensor, num_classes: int) -> "TargetedMisclassification":
+    def bind(self, model: nn.Module, x: torch.Tensor, num_classes: int) -> TargetedMisclassification:
         _check_batch(type(self).__name__, len(self.targets), x)
         check_labels(self.targets, len(self.targets), num_classes, name="targets")
         return TargetedMisclassification(self.targets.to(x.device))
@@ -112,7 +118,7 @@ class TargetedMisclassification(Criterion):
     def __call__(self, x_adv: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         return logits.argmax(1) == self.targets
 
-    def subset(self, index: torch.Tensor) -> "TargetedMisclassification":
+    def subset(self, index: torch.Tensor) -> TargetedMisclassification:
         return TargetedMisclassification(self.targets[index])
 
     def loss_classes(self) -> tuple[torch.Tensor, bool]:
@@ -159,12 +165,12 @@ class TopKMisclassification(Criterion):
         return excluded  # (N, C)
 
     @classmethod
-    def _bound(cls, labels: torch.Tensor, k: int, excluded: torch.Tensor) -> "TopKMisclassification":
+    def _bound(cls, labels: torch.Tensor, k: int, excluded: torch.Tensor) -> TopKMisclassification:
         new = cls(labels, k)
         new._excluded = excluded
         return new
 
-    def bind(self, model: nn.Module, x: torch.Tensor, num_classes: int) -> "TopKMisclassification":
+    def bind(self, model: nn.Module, x: torch.Tensor, num_classes: int) -> TopKMisclassification:
         _check_batch(type(self).__name__, len(self.labels), x)
         if self._excluded is not None:
             if self._excluded.shape != (len(x), num_classes):
@@ -185,7 +191,7 @@ class TopKMisclassification(Criterion):
         excluded = self._require_bound()
         return ~excluded.gather(1, logits.argmax(1, keepdim=True)).squeeze(1)
 
-    def subset(self, index: torch.Tensor) -> "TopKMisclassification":
+    def subset(self, index: torch.Tensor) -> TopKMisclassification:
         return self._bound(self.labels[index], self.k, self._require_bound()[index])
 
     def loss_classes(self) -> tuple[torch.Tensor, bool]:
@@ -212,10 +218,10 @@ class And(Criterion):
     def __call__(self, x_adv: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         return self.a(x_adv, logits) & self.b(x_adv, logits)
 
-    def bind(self, model: nn.Module, x: torch.Tensor, num_classes: int) -> "And":
+    def bind(self, model: nn.Module, x: torch.Tensor, num_classes: int) -> And:
         return And(self.a.bind(model, x, num_classes), self.b.bind(model, x, num_classes))
 
-    def subset(self, index: torch.Tensor) -> "And":
+    def subset(self, index: torch.Tensor) -> And:
         return And(self.a.subset(index), self.b.subset(index))
 
     def loss_classes(self) -> tuple[torch.Tensor, bool] | None:

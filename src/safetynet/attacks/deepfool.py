@@ -7,9 +7,9 @@ from torch import nn
 
 from .._validation import check_positive
 from ..errors import InputError
+from ._gradient import check_steps
 from .base import Attack, check_mask_values
 from .criteria import Criterion
-from ._gradient import check_steps
 
 # Added to the step length (as in the reference implementation) so the linearised boundary is
 # crossed rather than only reached.
@@ -120,7 +120,7 @@ class DeepFool(Attack):
     def _step(xa: torch.Tensor, logits: torch.Tensor, excluded: torch.Tensor, cand: torch.Tensor,
               cand_ok: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The minimal L2 step to the nearest linearised boundary, for each active sample."""
-        a, num_classes = logits.shape
+        a = logits.shape[0]
         rows = torch.arange(a, device=xa.device)
         lg = logits.detach()
         # The excluded class the sample currently sits in (the strongest one): the boundary to

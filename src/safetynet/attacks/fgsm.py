@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._gradient import ascent_gradient, loss_classes, step
 from .base import Attack, check_mask_values
 from .criteria import Criterion
-from ._gradient import ascent_gradient, loss_classes, step
 
 
 class FGSM(Attack):

@@ -39,7 +39,12 @@ from ..errors import InputError
 from ..progress import progress
 from . import ATTACKS, make_attack
 from .base import distances
-from .criteria import Criterion, Misclassification, TargetedMisclassification, TopKMisclassification
+from .criteria import (
+    Criterion,
+    Misclassification,
+    TargetedMisclassification,
+    TopKMisclassification,
+)
 
 
 @dataclass
@@ -51,6 +56,7 @@ class AttackConfig:
     steps: int | None = None  # None: the attack's default
     step_size: float | None = None
     overshoot: float | None = None  # deepfool only
+    candidates: int | None = None  # deepfool only: most likely classes tried per step (default 10)
     k: int | None = None  # attack the clean top-k instead of the label ("DeepFool-5": k=5)
     targeted: bool = False  # random target != label per image (seeded)
     n: int = 1000  # first n images of the split, unshuffled
@@ -76,7 +82,7 @@ class AttackConfig:
                     raise InputError(f"eps must be finite and >= 0, got {e}")
 
     def hyperparameters(self) -> dict:
-        hp = {name: getattr(self, name) for name in ("steps", "step_size", "overshoot") if getattr(self, name) is not None}
+        hp = {name: getattr(self, name) for name in ("steps", "step_size", "overshoot", "candidates") if getattr(self, name) is not None}
         hp.update(self.extra)
         if "seed" in inspect.signature(ATTACKS[self.attack]).parameters:
             hp.setdefault("seed", self.seed)

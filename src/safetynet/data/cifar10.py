@@ -13,7 +13,6 @@ All loaders return :class:`ImageSet`, float images in [0, 1] (N, 3, 32, 32) and 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import zipfile

@@ -1,0 +1,602 @@
+"""``safetynet robustness``: attack the detectors (type I, type II, adaptive, black box) and report Table 4.
+
+One typed entry point, :func:`run_robustness`, does the whole evaluation (the CLI only builds a
+:class:`RobustnessConfig`):
+
+1. load the classifier (or, for ``dataset="digits"`` without a model, train a tiny one);
+   natural *fit* images = a seeded subset of the training split the classifier gets right;
+   *test* images = the first ``n`` images of the test split, unshuffled (RobustBench's rule);
+2. fit the defences on natural vs BIM-L∞ (type-I) adversarials of the fit images:
+   **Subnet Det** (Metzen et al.'s subnetwork), **Det A** (SafetyNet on one layer) and
+   **Det ensemble** (SafetyNet on several layers, rejecting when any fires; the paper's Det ABC);
+   **Ori** is the bare classifier;
+3. run every attack family at every budget of each norm against every defence: type-I BIM;
+   the paper's smoothed type-II attack (a lambda / sigma sweep, best per image); BPDA;
+   orthogonal PGD; code matching; HopSkipJump on the hard-label output (query-counted);
+   transfer attacks from a surrogate (FGSM, BIM, "Finetune TF", "Subnet Det TF"). Type-II
+   budgets are extended (doubled) until success reaches 100 % or ``extend_eps`` doublings;
+4. evaluate each result with the *real* defence, run the reliability flags, and write
+   ``report.md`` (Table-4 layout), ``results.json`` and ``figures/``.
+
+The run is deterministic for a given config (seeded attacks and fits, one thread by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ATTACK_ROWS", "DEFENCES", "AttackRow", "RobustnessConfig", "default_layers", "run_robustness"]
+
+#: Defence columns of Table 4, in order.
+DEFENCES = ("ori", "subnet", "det_a", "det_ens")
+DEFENCE_TITLES = {"ori": "Ori", "subnet": "Subnet Det", "det_a": "Det A", "det_ens": "Det ensemble"}
+NORMS = ("linf", "l2")
+
+
+@dataclass(frozen=True)
+class AttackRow:
+    """One row of Table 4: an attack family."""
+
+    key: str
+    label: str
+    kind: str  # "I" (fool the classifier) or "II" (fool the classifier and evade the detector)
+    access: str  # "white" or "black"
+    norms: tuple[str, ...]
+    per_defence: bool  # crafted against each defence (adaptive) or once and replayed on all
+    minimisation: bool = False  # runs once without a budget and is clipped to each eps
+
+
+ATTACK_ROWS: dict[str, AttackRow] = {r.key: r for r in (
+    AttackRow("bim", "Gradient descent (I): BIM", "I", "white", NORMS, False),
+    AttackRow("type2", "Gradient descent (II): smoothed (paper)", "II", "white", NORMS, True),
+    AttackRow("bpda", "BPDA / straight-through (II)", "II", "white", NORMS, True),
+    AttackRow("opgd", "Orthogonal PGD (II)", "II", "white", NORMS, True),
+    AttackRow("code-matching", "Code matching (II)", "II", "white", ("linf",), True),
+    AttackRow("hsja", "HopSkipJump, hard label (II)", "II", "black", NORMS, True, minimisation=True),
+    AttackRow("transfer-fgsm", "Surrogate FastSign TF (I)", "I", "black", ("linf",), False),
+    AttackRow("transfer-bim", "Surrogate GradDesc TF (I)", "I", "black", NORMS, False),
+    AttackRow("finetune-tf", "Surrogate Finetune TF (II)", "II", "black", NORMS, False),
+    AttackRow("subnet-tf", "Surrogate Subnet Det TF (II)", "II", "black", NORMS, False),
+)}
+
+_EPS_DEFAULTS = {
+    "digits": {"linf": [0.05, 0.1, 0.2], "l2": [0.5, 1.0, 2.0]},
+    "cifar10": {"linf": [2 / 255, 4 / 255, 8 / 255], "l2": [0.25, 0.5, 1.0]},
+}
+
+
+@dataclass
+class RobustnessConfig:
+    model: str | None = None  # checkpoint folder or shipped name; None with digits: train a tiny SmallCNN
+    dataset: str = "digits"  # digits | cifar10 | cifar10-sample
+    data_dir: str | None = None  # CIFAR-10 folder
+    n: int = 100  # first n test images, unshuffled, are attacked
+    n_fit: int = 600  # training images (seeded subset) to fit the detectors on
+    norms: list[str] = field(default_factory=lambda: ["linf", "l2"])
+    eps_linf: list[float] | None = None  # None: digits 0.05/0.1/0.2, CIFAR-10 2/4/8 / 255
+    eps_l2: list[float] | None = None  # None: digits 0.5/1/2, CIFAR-10 0.25/0.5/1
+    attacks: list[str] = field(default_factory=lambda: list(ATTACK_ROWS))
+    sharpness: list[float] = field(default_factory=lambda: [1.0, 10.0, 100.0])  # lambda sweep (type2)
+    gamma_scale: list[float] = field(default_factory=lambda: [1.0, 0.1])  # RBF gamma multipliers (sigma sweep)
+    steps: int = 30  # iterations of the white-box attacks
+    fit_eps: float | None = None  # BIM-L∞ budget of the fit adversarials; None: the middle eps_linf
+    layers_a: list[str] | None = None  # Det A layer(s); None: see default_layers()
+    layers_ensemble: list[str] | None = None  # Det ensemble layers; None: the model's late ReLUs
+    pool: int | None = 4  # spatial average pooling of conv maps before quantizing (None: all units)
+    levels: int = 2  # 2 = binary codes, 4 = quaternary
+    metzen_epochs: int = 10
+    surrogate_model: str | None = None  # checkpoint of the transfer surrogate; None: train one
+    surrogate_arch: str | None = None  # None: the target's architecture (another seed)
+    surrogate_epochs: int = 4
+    hsja_queries: int = 1000  # HopSkipJump query budget per image
+    hsja_steps: int = 40
+    extend_eps: int = 2  # type-II budgets are doubled up to this many times until success = 100 %
+    target_fpr: float = 0.05  # operating point of the TPR column
+    positive_class: int | None = None  # binary tasks: also report the paper's F->T / T->F
+    headline: dict[str, float] | None = None  # eps per norm for Table 4; None: the middle of each list
+    batch_size: int = 250
+    seed: int = 0
+    threads: int = 1
+    out: str = "runs/robustness"
+
+    def eps(self, norm: str) -> list[float]:
+        given = self.eps_linf if norm == "linf" else self.eps_l2
+        if given is not None:
+            return sorted(float(e) for e in given)
+        key = "digits" if self.dataset == "digits" else "cifar10"
+        return list(_EPS_DEFAULTS[key][norm])
+
+    def validate(self) -> None:
+        if self.dataset not in ("digits", "cifar10", "cifar10-sample"):
+            raise InputError(f"dataset must be digits, cifar10 or cifar10-sample, got {self.dataset!r}")
+        if self.model is None and self.dataset != "digits":
+            raise InputError(f"give --model (a checkpoint folder) for {self.dataset}; only digits trains its own tiny model")
+        for name in ("n", "n_fit", "steps", "metzen_epochs", "surrogate_epochs", "hsja_queries", "hsja_steps",
+                     "batch_size", "threads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
+        if self.n_fit < 20:
+            raise InputError(f"n_fit must be >= 20 to fit the detectors, got {self.n_fit}")
+        if isinstance(self.extend_eps, bool) or not isinstance(self.extend_eps, int) or self.extend_eps < 0:
+            raise InputError(f"extend_eps must be an integer >= 0, got {self.extend_eps!r}")
+        bad = [a for a in self.attacks if a not in ATTACK_ROWS]
+        if bad or not self.attacks:
+            raise InputError(f"unknown attacks {bad}; choose from {', '.join(ATTACK_ROWS)}")
+        bad = [m for m in self.norms if m not in NORMS]
+        if bad or not self.norms:
+            raise InputError(f"norms must be a non-empty subset of {list(NORMS)}, got {self.norms}")
+        for norm in self.norms:
+            eps = self.eps(norm)
+            if not eps or any(not (math.isfinite(e) and e > 0) for e in eps):
+                raise InputError(f"eps for {norm} must be positive finite numbers, got {eps}")
+        for name in ("sharpness", "gamma_scale"):
+            v = getattr(self, name)
+            if not v or any(not (math.isfinite(e) and e > 0) for e in v):
+                raise InputError(f"{name} must be a non-empty list of positive numbers, got {v}")
+        if not 0 < self.target_fpr < 1:
+            raise InputError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
+        if self.levels not in (2, 4):
+            raise InputError(f"levels must be 2 or 4, got {self.levels}")
+
+
+# ------------------------------------------------------------------------------------ set-up
+def default_layers(model: nn.Module) -> tuple[list[str], list[str]]:
+    """(Det A layers, Det ensemble layers) for a model.
+
+    ResNets: the last stage output ``layer3.{n-1}.relu`` and all of stage 3 (the paper's Det A
+    on fc7 and Det ABC on fc7/fc6/pool5 correspond to the last and the last three late layers);
+    VGG: fc7 and pool5/fc6/fc7; SmallCNN: its conv ReLU (``relu2``; the 64-unit ``fc1`` alone
+    separates poorly) and both late ReLUs. Other models: the last late ReLU and all of them.
+    """
+    from ..models.small import SmallCNN
+
+    late = list(getattr(model, "late_relus", ()) or ())
+    if not late:
+        raise InputError("the model has no late_relus; give layers_a and layers_ensemble explicitly")
+    if isinstance(model, SmallCNN):
+        return ["relu2"], late
+    return [late[-1]], late
+
+
+def _load_data(cfg: RobustnessConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Fit images/labels (seeded subset of train), test images/labels (first n of test), provenance."""
+    from ..data import load_dataset
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    if cfg.dataset == "cifar10-sample":
+        data = load_dataset("cifar10-sample", "test")
+        if cfg.n + cfg.n_fit > len(data):
+            raise InputError(f"n + n_fit = {cfg.n + cfg.n_fit} exceeds the {len(data)} images of the sample")
+        rest = torch.arange(cfg.n, len(data))
+        fit = rest[torch.randperm(len(rest), generator=g)[:cfg.n_fit]]
+        xf, yf = data.images_u8[fit].float() / 255, data.labels[fit]
+        xt, yt = data.images_u8[:cfg.n].float() / 255, data.labels[:cfg.n]
+        return xf, yf, xt, yt, {"fit": "sample images after the first n (seeded subset)", "test": f"first {cfg.n} sample images"}
+    train = load_dataset(cfg.dataset, "train", cfg.data_dir)
+    test = load_dataset(cfg.dataset, "test", cfg.data_dir)
+    if cfg.n > len(test) or cfg.n_fit > len(train):
+        raise InputError(f"n={cfg.n} / n_fit={cfg.n_fit} exceed the data ({len(test)} test / {len(train)} train images)")
+    fit = torch.randperm(len(train), generator=g)[:cfg.n_fit]
+    return (train.images_u8[fit].float() / 255, train.labels[fit], test.images_u8[:cfg.n].float() / 255,
+            test.labels[:cfg.n], {"fit": f"{cfg.n_fit} seeded train images", "test": f"first {cfg.n} test images"})
+
+
+def _classifier(cfg: RobustnessConfig, out: Path) -> tuple[nn.Module, str, str | None]:
+    """(model in eval mode, description, architecture name if known)."""
+    from ..models import load_checkpoint, resolve_model
+
+    if cfg.model is None:
+        from .surrogates import train_surrogate
+
+        model, metrics = train_surrogate("smallcnn", cfg.seed, dataset="digits", out=out / "classifier", epochs=4,
+                                         threads=cfg.threads)
+        return model, f"SmallCNN trained for this run ({out / 'classifier'}, test acc {metrics.get('test_acc', float('nan')):.3f})", "smallcnn"
+    if Path(cfg.model).is_dir():
+        model, meta = load_checkpoint(cfg.model)
+        return model.eval(), str(cfg.model), meta.get("model", {}).get("arch")
+    model, source = resolve_model(cfg.model)
+    return model.eval(), source, None
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).argmax(1)
+
+
+# ------------------------------------------------------------------------------------ defences
+class _Defence:
+    """A Table-4 column: the classifier plus (maybe) a detector, evaluated on its real path."""
+
+    def __init__(self, key: str, model: nn.Module, detector: Any) -> None:
+        self.key, self.model, self.detector = key, model, detector
+
+    def evaluate(self, x: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(predicted labels, rejected, detector scores or None) for images ``x``."""
+        from ..safetynet import SafetyNet
+
+        if isinstance(self.detector, SafetyNet):
+            out = self.detector.classify(x)
+            return out.logits.argmax(1).numpy(), out.detected, out.score
+        pred = _predict(self.model, x, batch_size).numpy()
+        if self.detector is None:
+            return pred, np.zeros(len(x), dtype=bool), None
+        score = self.detector.decision_function(x)
+        return pred, score > 0, score
+
+    def criterion(self, y: torch.Tensor):
+        from ..attacks import Misclassification
+        from ..attacks.undetected import Undetected
+
+        return Misclassification(y) if self.detector is None else Misclassification(y) & Undetected(self.detector)
+
+
+# ------------------------------------------------------------------------------------ main job
+def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
+    """Run the whole robustness evaluation; writes ``report.md``, ``results.json``, ``figures/`` to ``cfg.out``.
+
+    Returns the results dict (also in ``results.json``).
+    """
+    from ..attacks import BIM
+    from ..detectors.metzen import MetzenDetector
+    from ..safetynet import SafetyNet
+    from .report import write_robustness_report
+
+    cfg.validate()
+    t_start = time.time()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def tick(name: str, t0: float) -> None:
+        timings[name] = round(timings.get(name, 0.0) + time.time() - t0, 2)
+
+    t0 = time.time()
+    model, model_source, arch = _classifier(cfg, out)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    xf, yf, xt, yt, provenance = _load_data(cfg)
+    ok_fit = _predict(model, xf, cfg.batch_size) == yf
+    clean_pred = _predict(model, xt, cfg.batch_size)
+    x_nat, y_nat = xf[ok_fit], yf[ok_fit]
+    layers_a, layers_ens = default_layers(model)
+    layers_a = cfg.layers_a or layers_a
+    layers_ens = cfg.layers_ensemble or layers_ens
+    fit_eps = cfg.fit_eps if cfg.fit_eps is not None else cfg.eps("linf")[len(cfg.eps("linf")) // 2]
+    tick("setup", t0)
+
+    # -- defences: fit on natural vs type-I (BIM-L∞) adversarials of the fit images ------------
+    t0 = time.time()
+    _, x_fit_adv, fit_ok = BIM(steps=10, step_size=2.5 * fit_eps / 10)(model, x_nat, y_nat, eps=fit_eps)
+    x_adv_fit = x_fit_adv[fit_ok]
+    if len(x_adv_fit) < 10:
+        raise InputError(f"BIM at fit_eps={fit_eps:g} fooled only {len(x_adv_fit)} fit images; raise fit_eps or n_fit")
+    params = {"random_state": cfg.seed}
+    net_a = SafetyNet(model, layers=layers_a, levels=cfg.levels, pool=cfg.pool, rule="any",
+                      detector_params=params, batch_size=cfg.batch_size).fit(x_nat, x_adv_fit)
+    net_ens = SafetyNet(model, layers=layers_ens, levels=cfg.levels, pool=cfg.pool, rule="any",
+                        detector_params=params, batch_size=cfg.batch_size).fit(x_nat, x_adv_fit)
+    metzen = MetzenDetector(model, layer=layers_a[-1], epochs=cfg.metzen_epochs, seed=cfg.seed,
+                            extract_batch_size=cfg.batch_size).fit(x_nat, x_adv_fit)
+    defences = {"ori": _Defence("ori", model, None), "subnet": _Defence("subnet", model, metzen),
+                "det_a": _Defence("det_a", model, net_a), "det_ens": _Defence("det_ens", model, net_ens)}
+    tick("fit defences", t0)
+    fitted = {
+        "fit_eps_linf": fit_eps, "natural_fit": len(x_nat), "adversarial_fit": len(x_adv_fit),
+        "det_a": {"layers": list(layers_a), **_svm_info(net_a)}, "det_ens": {"layers": list(layers_ens), **_svm_info(net_ens)},
+        "subnet": {"layer": layers_a[-1], "epochs": cfg.metzen_epochs, "final_loss": metzen.loss_history_[-1]},
+    }
+
+    ctx = _Context(cfg, model, defences, x_nat, y_nat, x_adv_fit, out, arch, timings)
+    rows_wanted = [ATTACK_ROWS[a] for a in cfg.attacks]
+
+    # -- the non-attack row ------------------------------------------------------------------------
+    t0 = time.time()
+    clean_eval = {k: d.evaluate(xt, cfg.batch_size) for k, d in defences.items()}
+    natural_scores = {k: ev[2][(clean_pred == yt).numpy()] for k, ev in clean_eval.items() if ev[2] is not None}
+    records: list[dict[str, Any]] = []
+    for k, (pred, rej, _) in clean_eval.items():
+        records.append(_record(cfg, "none", "Non-attack data", "-", "-", None, None, k, yt, clean_pred, pred, rej, None,
+                               natural_scores.get(k)))
+    tick("clean", t0)
+
+    # -- the attacks --------------------------------------------------------------------------------
+    sweeps: list[dict[str, Any]] = []
+    queries: list[dict[str, Any]] = []
+    for row in rows_wanted:
+        for norm in (m for m in cfg.norms if m in row.norms):
+            t0 = time.time()
+            eps_done: list[float] = []
+            eps_queue = list(cfg.eps(norm))
+            extensions = 0
+            hsja_cache: dict[str, dict[str, torch.Tensor]] = {"raw": {}, "queries": {}}
+            while eps_queue:
+                eps = eps_queue.pop(0)
+                eps_done.append(eps)
+                results = ctx.run_row(row, norm, eps, xt, yt, sweeps, hsja_cache)
+                for dkey, res in results.items():
+                    if res is None:
+                        continue
+                    adv, extra = res
+                    pred, rej, score = defences[dkey].evaluate(adv, cfg.batch_size)
+                    records.append(_record(cfg, row.key, row.label, row.kind, row.access, norm, eps, dkey, yt, clean_pred,
+                                           pred, rej, score, natural_scores.get(dkey), extensions > 0, extra))
+                # Only adaptive type-II rows are extended: a type-I or transfer attack is not trying to
+                # reach the detector's blind spots, so its curve need not reach 100 %.
+                if not eps_queue and row.kind == "II" and row.per_defence and extensions < cfg.extend_eps:
+                    worst = min((r["success"] for r in records if r["attack"] == row.key and r["norm"] == norm
+                                 and r["eps"] == eps and r["defence"] != "ori" and r["success"] is not None), default=1.0)
+                    cap = 1.0 if norm == "linf" else math.sqrt(xt[0].numel())
+                    if worst < 1.0 and eps < cap:
+                        eps_queue.append(min(2 * eps, cap))
+                        extensions += 1
+            for dkey, h in hsja_cache["queries"].items():
+                queries.append({"defence": dkey, "norm": norm, "max_queries": cfg.hsja_queries,
+                                "mean": float(h.float().mean()), "median": float(h.float().median()), "max": int(h.max())})
+            tick(f"{row.key} ({norm})", t0)
+            log.info("%s %s done in %.1f s", row.label, norm, timings[f"{row.key} ({norm})"])
+
+    # -- reliability flags -----------------------------------------------------------------------------
+    t0 = time.time()
+    from .report import compute_flags
+
+    flags = compute_flags(cfg, ctx, records, xt, yt)
+    tick("flags", t0)
+
+    results: dict[str, Any] = {
+        "model": model_source, "dataset": cfg.dataset, "provenance": provenance,
+        "clean": {"n": len(yt), "accuracy": float((clean_pred == yt).float().mean()),
+                  "fit_accuracy": float(ok_fit.float().mean())},
+        "fitted": fitted, "records": records, "sweep": sweeps, "queries": queries,
+        "flags": [f.as_dict() for f in flags], "timings": timings, "eps": {m: cfg.eps(m) for m in cfg.norms},
+        "surrogate": ctx.surrogate_info,
+    }
+    results["seconds"] = round(time.time() - t_start, 1)
+    write_robustness_report(out, cfg, results)
+    log.info("robustness report written to %s in %.0f s", out / "report.md", results["seconds"])
+    return results
+
+
+def _svm_info(net: Any) -> dict[str, Any]:
+    return {"detectors": {n: {"gamma": d.gamma_, "sigma": d.sigma_, "C": d.C_, "support_vectors": len(d.support_vectors_),
+                              "units": int(d.n_features_in_)} for n, d in net.detectors_.items()}}
+
+
+def _record(cfg: RobustnessConfig, key: str, label: str, kind: str, access: str, norm: str | None, eps: float | None,
+            defence: str, y: torch.Tensor, clean_pred: torch.Tensor, pred: np.ndarray, rejected: np.ndarray,
+            score: np.ndarray | None, natural_score: np.ndarray | None, extended: bool = False,
+            extra: dict | None = None) -> dict[str, Any]:
+    """One (attack, norm, eps, defence) cell: the paper's rates and the adversary's success."""
+    from ..evaluation.metrics import safetynet_rates, tpr_at_fpr
+
+    yt = y.numpy()
+    rates = safetynet_rates(yt, pred, rejected, positive_class=cfg.positive_class)
+    correct = (clean_pred == y).numpy()
+    win = (pred != yt) & ~rejected
+    rec: dict[str, Any] = {
+        "attack": key, "label": label, "kind": kind, "access": access, "norm": norm, "eps": eps, "defence": defence,
+        "extended": extended,
+        # type-II success over the images the classifier got right before the attack
+        "success": float(win[correct].mean()) if correct.any() else None,
+        **{k: v for k, v in rates.items()},
+    }
+    if score is not None and natural_score is not None and len(natural_score) and key != "none":
+        fooled = pred != yt
+        rec["tpr_at_fpr"] = tpr_at_fpr(natural_score, score[fooled], cfg.target_fpr) if fooled.any() else None
+    if extra:
+        rec.update(extra)
+    return rec
+
+
+class _Context:
+    """What the attack rows share: the defences, the fit data and the (lazily built) surrogates."""
+
+    def __init__(self, cfg: RobustnessConfig, model: nn.Module, defences: dict[str, _Defence], x_nat: torch.Tensor,
+                 y_nat: torch.Tensor, x_adv_fit: torch.Tensor, out: Path, arch: str | None, timings: dict) -> None:
+        self.cfg, self.model, self.defences = cfg, model, defences
+        self.x_nat, self.y_nat, self.x_adv_fit = x_nat, y_nat, x_adv_fit
+        self.out, self.arch, self.timings = out, arch, timings
+        self._surrogate: nn.Module | None = None
+        self._finetuned: nn.Module | None = None
+        self._subnet: Any = None
+        self._surrogate_adv: torch.Tensor | None = None
+        self._ori_cache: dict[tuple[str, float], torch.Tensor] = {}  # CW-PGD on the bare classifier, by (norm, eps)
+        self.surrogate_info: dict[str, Any] = {}
+
+    # -- surrogates (built on first use) ------------------------------------------------------
+    def surrogate(self) -> nn.Module:
+        if self._surrogate is None:
+            from ..models import load_checkpoint
+            from .surrogates import train_surrogate
+
+            cfg = self.cfg
+            if cfg.surrogate_model:
+                model, meta = load_checkpoint(cfg.surrogate_model)
+                self.surrogate_info = {"source": cfg.surrogate_model, "arch": meta.get("model", {}).get("arch")}
+            else:
+                arch = cfg.surrogate_arch or self.arch or "smallcnn"
+                dataset = "cifar10" if cfg.dataset == "cifar10-sample" else cfg.dataset
+                if cfg.dataset == "cifar10-sample":
+                    raise InputError("the embedded CIFAR-10 sample has no training split for a surrogate; "
+                                     "give --surrogate-model or drop the transfer attacks")
+                model, metrics = train_surrogate(arch, cfg.seed + 1, dataset=dataset, out=self.out / "surrogate",
+                                                 epochs=cfg.surrogate_epochs, data_dir=cfg.data_dir, threads=cfg.threads)
+                self.surrogate_info = {"source": "trained for this run", "arch": arch, "seed": cfg.seed + 1,
+                                       "epochs": cfg.surrogate_epochs, "test_acc": metrics.get("test_acc")}
+            model.eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self._surrogate = model
+        return self._surrogate
+
+    def _surrogate_adversarials(self) -> torch.Tensor:
+        if self._surrogate_adv is None:
+            from .surrogates import craft_adversarials
+
+            fit_eps = self.cfg.fit_eps if self.cfg.fit_eps is not None else self.cfg.eps("linf")[len(self.cfg.eps("linf")) // 2]
+            adv, ok = craft_adversarials(self.surrogate(), self.x_nat, self.y_nat, fit_eps, batch_size=self.cfg.batch_size)
+            if ok.sum() < 10:
+                raise InputError(f"BIM fooled the surrogate on only {int(ok.sum())} fit images; raise fit_eps")
+            self._surrogate_adv = adv[ok]
+        return self._surrogate_adv
+
+    def finetuned(self) -> nn.Module:
+        if self._finetuned is None:
+            from .surrogates import finetune_with_adversarial_class
+
+            self._finetuned = finetune_with_adversarial_class(self.surrogate(), self.x_nat, self.y_nat,
+                                                              self._surrogate_adversarials(), seed=self.cfg.seed)
+        return self._finetuned
+
+    def subnet(self) -> Any:
+        if self._subnet is None:
+            from .surrogates import fit_subnet_detector
+
+            layer = default_layers(self.surrogate())[0][-1]
+            self._subnet = fit_subnet_detector(self.surrogate(), self.x_nat, self._surrogate_adversarials(), layer=layer,
+                                               epochs=self.cfg.metzen_epochs, seed=self.cfg.seed)
+        return self._subnet
+
+    # -- attacks ------------------------------------------------------------------------------
+    def _white(self, row: AttackRow, dkey: str, norm: str) -> Any:
+        """The white-box attack of ``row`` against defence ``dkey`` (None: not applicable)."""
+        from ..attacks.adaptive import (
+            BPDA,
+            CodeMatching,
+            JointPGD,
+            OrthogonalPGD,
+            SmoothedTypeII,
+        )
+
+        cfg = self.cfg
+        det = self.defences[dkey].detector
+        kw = {"distance": norm, "steps": cfg.steps, "seed": cfg.seed}
+        if det is None:
+            # Against the bare classifier every adaptive attack is the same CW-PGD.
+            return None if row.key == "code-matching" else JointPGD(None, **kw)
+        if row.key == "type2":
+            return SmoothedTypeII(det, sharpness=cfg.sharpness[0], gamma_scale=cfg.gamma_scale[0], **kw)
+        if row.key == "bpda":
+            return BPDA(det, **kw)
+        if row.key == "opgd":
+            return OrthogonalPGD(det, **kw)
+        if row.key == "code-matching":
+            return None if dkey == "subnet" else CodeMatching(det, self.x_nat, self.y_nat, **kw)
+        raise InputError(f"no white-box builder for {row.key}")
+
+    def _shared(self, row: AttackRow, norm: str, eps: float) -> Any:
+        """Attacks crafted once and replayed on every defence."""
+        from ..attacks import BIM, BIML2, FGSM
+        from ..attacks.adaptive import (
+            DropExtraClass,
+            ExtraClassDetector,
+            SmoothedTypeII,
+            TransferAttack,
+        )
+
+        cfg = self.cfg
+        steps = cfg.steps
+        base = (BIM(steps=steps, step_size=2.5 * eps / steps) if norm == "linf"
+                else BIML2(steps=steps, step_size=2.5 * eps / steps))
+        if row.key == "bim":
+            return base
+        if row.key == "transfer-fgsm":
+            return TransferAttack(self.surrogate(), FGSM())
+        if row.key == "transfer-bim":
+            return TransferAttack(self.surrogate(), base)
+        if row.key == "finetune-tf":
+            ft = self.finetuned()
+            det = ExtraClassDetector(ft)
+            return TransferAttack(DropExtraClass(ft), SmoothedTypeII(det, distance=norm, steps=steps, seed=cfg.seed),
+                                  surrogate_detector=det)
+        if row.key == "subnet-tf":
+            det = self.subnet()
+            return TransferAttack(self.surrogate(), SmoothedTypeII(det, distance=norm, steps=steps, seed=cfg.seed),
+                                  surrogate_detector=det)
+        raise InputError(f"no shared builder for {row.key}")
+
+    def _batched(self, attack: Any, crit: Callable[[torch.Tensor], Any], x: torch.Tensor, y: torch.Tensor,
+                 eps: float | None) -> torch.Tensor:
+        bs = self.cfg.batch_size
+        return torch.cat([attack(self.model, x[i:i + bs], crit(y[i:i + bs]), eps=eps).clipped for i in range(0, len(x), bs)])
+
+    def run_row(self, row: AttackRow, norm: str, eps: float, x: torch.Tensor, y: torch.Tensor,
+                sweeps: list, hsja_cache: dict) -> dict[str, tuple[torch.Tensor, dict] | None]:
+        """Adversarials of ``row`` at ``eps`` per defence: ``{defence: (images, extra fields) or None}``."""
+        from ..attacks import clip_to_ball
+        from ..attacks.adaptive import HopSkipJump, sweep
+
+        cfg, out = self.cfg, {}
+        if not row.per_defence:
+            attack = self._shared(row, norm, eps)
+            adv = self._batched(attack, lambda yb: self.defences["ori"].criterion(yb), x, y, eps)
+            return {k: (adv, {}) for k in self.defences}
+        for dkey, d in self.defences.items():
+            if row.minimisation:  # HopSkipJump: one unbounded run per defence, clipped to each eps
+                if dkey not in hsja_cache["raw"]:
+                    attack = HopSkipJump(distance=norm, max_queries=cfg.hsja_queries, steps=cfg.hsja_steps, seed=cfg.seed,
+                                         batch_size=max(cfg.batch_size, 1024))
+                    raws, qs = [], []
+                    for i in range(0, len(x), cfg.batch_size):
+                        raws.append(attack(self.model, x[i:i + cfg.batch_size], d.criterion(y[i:i + cfg.batch_size])).raw)
+                        qs.append(attack.queries_)
+                    hsja_cache["queries"][dkey] = torch.cat(qs)
+                    hsja_cache["raw"][dkey] = torch.cat(raws)
+                adv = clip_to_ball(x, hsja_cache["raw"][dkey], eps, norm)
+                out[dkey] = (adv, {"queries_mean": float(hsja_cache["queries"][dkey].float().mean())})
+                continue
+            if row.key == "type2" and isinstance(d.detector, _safetynet_type()):
+                advs = []
+                per_setting: list[list[torch.Tensor]] = []
+                for i in range(0, len(x), cfg.batch_size):
+                    xb, yb = x[i:i + cfg.batch_size], y[i:i + cfg.batch_size]
+                    res = sweep(d.detector, self.model, xb, d.criterion(yb), eps=eps, sharpness=cfg.sharpness,
+                                gamma_scale=cfg.gamma_scale, distance=norm, steps=cfg.steps, seed=cfg.seed)
+                    advs.append(res.best.clipped)
+                    per_setting.append(res.per_setting_success)
+                    settings = res.settings
+                ok_all = [torch.cat([ps[j] for ps in per_setting]) for j in range(len(settings))]
+                for j, s in enumerate(settings):
+                    sweeps.append({"defence": dkey, "norm": norm, "eps": eps, "sharpness": s["sharpness"],
+                                   "gamma_scale": s["gamma_scale"], "success_all": float(ok_all[j].float().mean())})
+                out[dkey] = (torch.cat(advs), {"sweep_settings": len(settings)})
+                continue
+            if d.detector is None and row.key != "code-matching":
+                # Against the bare classifier every adaptive row is the same CW-PGD: run it once.
+                if (norm, eps) not in self._ori_cache:
+                    self._ori_cache[norm, eps] = self._batched(self._white(row, dkey, norm), d.criterion, x, y, eps)
+                out[dkey] = (self._ori_cache[norm, eps], {})
+                continue
+            attack = self._white(row, dkey, norm)
+            out[dkey] = None if attack is None else (self._batched(attack, d.criterion, x, y, eps), {})
+        return out
+
+
+def _safetynet_type() -> type:
+    from ..safetynet import SafetyNet
+
+    return SafetyNet
+
+
+def config_from_dict(values: dict[str, Any]) -> RobustnessConfig:
+    """A config from plain values (e.g. parsed CLI arguments); unknown keys are ignored."""
+    names = {f.name for f in dataclasses.fields(RobustnessConfig)}
+    return RobustnessConfig(**{k: v for k, v in values.items() if k in names and v is not None})

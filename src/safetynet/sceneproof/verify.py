@@ -1,0 +1,222 @@
+"""``safetynet sceneproof verify IMAGE DEPTH``: is this RGB-D pair a real capture?
+
+Pipeline: read the pair (colour PNG/JPG; depth as 16-bit PNG/PGM in ``depth_scale`` units per
+metre, default millimetres, ``.npy`` in metres, Middlebury PFM or Sintel ``.dpt``), check that
+image and depth have the same size, centre-crop to the working aspect ratio (4:3 by default) and
+resize to the working resolution (image bilinear, depth nearest), cut the fixed grid of patches
+the classifier was validated on, then classify every patch and run detectors A, B and C.
+
+Aggregation rule (one verdict per pair):
+
+1. a patch is *rejected* when any of the detectors A (fc7), B (fc6), C (pool5) fires at its
+   calibrated threshold (thresholds give 5 % false rejections per detector on natural
+   validation patches);
+2. the pair is **rejected (adversarial)** when more than ``reject_fraction`` of its patches are
+   rejected (default 0.5: a natural pair has most patches accepted);
+3. otherwise the *real score* is the mean P(real) over the accepted patches, and the pair is
+   **real** when the score exceeds ``real_threshold``, calibrated on the validation split
+   (real frames vs fakes of the training kinds) to maximise balanced accuracy; else **fake**.
+
+A patch with less than ``min_valid_fraction`` (default 2 %) of valid depth pixels carries no
+depth evidence, and SceneProof certifies "real" only with depth evidence: its P(real) counts as
+0 (its classifier output is still reported). A pair without depth therefore comes out fake.
+
+Exit codes of the CLI: 0 real, 1 fake, 2 rejected, 3 bad input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .model import DETECTOR_LAYERS, FrameSet, SceneProof, grid_patches
+from .patches import to_network_input
+
+REAL_VERDICT, FAKE_VERDICT, REJECTED_VERDICT = "real", "fake", "rejected (adversarial)"
+EXIT_CODES = {REAL_VERDICT: 0, FAKE_VERDICT: 1, REJECTED_VERDICT: 2}
+EXIT_BAD_INPUT = 3
+
+
+@dataclass
+class Verdict:
+    """The outcome for one RGB-D pair; ``to_dict()`` is the ``--json`` output."""
+
+    verdict: str  # "real" | "fake" | "rejected (adversarial)"
+    real_score: float | None  # mean P(real) of accepted patches (None when every patch is rejected)
+    real_threshold: float
+    rejected_fraction: float
+    reject_fraction: float  # the limit above which the pair is rejected
+    n_patches: int
+    patches: list[dict[str, Any]] = field(default_factory=list)  # per-patch evidence
+    image_size: tuple[int, int] = (0, 0)  # (H, W) as read
+    working_size: tuple[int, int] = (0, 0)  # (H, W) after crop + resize
+    model: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["exit_code"] = self.exit_code
+        d["image_size"] = list(self.image_size)
+        d["working_size"] = list(self.working_size)
+        return d
+
+    def summary(self) -> str:
+        score = "n/a" if self.real_score is None else f"{self.real_score:.3f}"
+        return (f"{self.verdict}: real score {score} (threshold {self.real_threshold:.3f}), "
+                f"{self.rejected_fraction:.0%} of {self.n_patches} patches rejected as adversarial "
+                f"(limit {self.reject_fraction:.0%})")
+
+
+def decide(p_real: np.ndarray, rejected: np.ndarray, reject_fraction: float, real_threshold: float
+           ) -> tuple[str, float | None, float]:
+    """The aggregation rule (module docstring): returns (verdict, real score, rejected fraction)."""
+    p_real = np.asarray(p_real, dtype=np.float64)
+    rejected = np.asarray(rejected, dtype=bool)
+    if p_real.ndim != 1 or p_real.shape != rejected.shape or p_real.size == 0:
+        raise InputError("decide needs equal-length, non-empty p_real and rejected arrays")
+    frac = float(rejected.mean())
+    accepted = ~rejected
+    score = float(p_real[accepted].mean()) if accepted.any() else None
+    if frac > reject_fraction or score is None:
+        return REJECTED_VERDICT, score, frac
+    return (REAL_VERDICT if score > real_threshold else FAKE_VERDICT), score, frac
+
+
+def crop_to_aspect(image: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, aspect: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centre-crop (..., H, W) tensors to width / height = ``aspect`` (no resampling)."""
+    H, W = image.shape[-2:]
+    if W / H > aspect + 1e-6:
+        w = max(1, round(H * aspect))
+        x0 = (W - w) // 2
+        return image[..., x0:x0 + w], depth[..., x0:x0 + w], valid[..., x0:x0 + w]
+    if W / H < aspect - 1e-6:
+        h = max(1, round(W / aspect))
+        y0 = (H - h) // 2
+        return image[..., y0:y0 + h, :], depth[..., y0:y0 + h, :], valid[..., y0:y0 + h, :]
+    return image, depth, valid
+
+
+def prepare_frames(bundle: SceneProof, image: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch (B, 3|1, H, W) at any size -> working resolution (centre crop to the aspect, then resize)."""
+    from ..data.rgbd.frame import resize_rgbd
+
+    H, W = bundle.size
+    min_side = bundle.patch
+    if min(image.shape[-2:]) < min_side:
+        raise InputError(f"the frame is {image.shape[-1]}x{image.shape[-2]} pixels; SceneProof needs at least "
+                         f"{min_side} pixels on each side")
+    image, depth, valid = crop_to_aspect(image, depth, valid, W / H)
+    return resize_rgbd(image.contiguous(), depth.contiguous(), valid.contiguous(), (H, W))
+
+
+def frame_evidence(bundle: SceneProof, frames: FrameSet, batch_size: int = 512) -> list[dict[str, np.ndarray]]:
+    """Per frame: grid positions, P(real), thresholded detector margins and rejection of every patch.
+
+    ``frames`` must already be at the working resolution.
+    """
+    x = to_network_input(frames.image, frames.depth, frames.valid)
+    patches, idx, pos = grid_patches(x, bundle.patch, bundle.stride)
+    p_parts, s_parts = [], {ch: [] for ch in DETECTOR_LAYERS}
+    for i in range(0, len(patches), batch_size):
+        a = bundle.analyze(patches[i:i + batch_size])
+        p_parts.append(a.p_real)
+        for ch in DETECTOR_LAYERS:
+            s_parts[ch].append(a.scores[ch])
+    p_model = np.concatenate(p_parts)
+    s = {ch: np.concatenate(v) for ch, v in s_parts.items()}
+    valid_frac = (patches[:, 3] > 0).flatten(1).float().mean(1).numpy()
+    # No depth evidence, no certificate: see the module docstring.
+    p = np.where(valid_frac < float(bundle.settings.get("min_valid_fraction", 0.02)), 0.0, p_model)
+    out = []
+    for b in range(len(frames)):
+        m = idx == b
+        scores = {ch: s[ch][m] for ch in DETECTOR_LAYERS}
+        rejected = np.zeros(int(m.sum()), dtype=bool)
+        for ch in DETECTOR_LAYERS:
+            rejected |= scores[ch] > 0
+        out.append({"positions": np.asarray(pos), "p_real": p[m], "p_model": p_model[m], "valid": valid_frac[m],
+                    "scores": scores, "rejected": rejected})
+    return out
+
+
+def verify_frames(bundle: SceneProof, frames: FrameSet, *, reject_fraction: float | None = None,
+                  real_threshold: float | None = None) -> list[Verdict]:
+    """Verdicts for frames already at the working resolution (used by evaluation and calibration)."""
+    rf = float(bundle.settings["reject_fraction"] if reject_fraction is None else reject_fraction)
+    rt = float(bundle.settings["real_threshold"] if real_threshold is None else real_threshold)
+    out = []
+    for ev in frame_evidence(bundle, frames):
+        verdict, score, frac = decide(ev["p_real"], ev["rejected"], rf, rt)
+        patches = [{"y": int(y), "x": int(x), "p_real": round(float(p), 4),
+                    "p_real_classifier": round(float(ev["p_model"][k]), 4),
+                    "valid_depth": round(float(ev["valid"][k]), 4), "rejected": bool(r),
+                    "detector_margins": {ch: round(float(ev["scores"][ch][k]), 4) for ch in DETECTOR_LAYERS}}
+                   for k, ((y, x), p, r) in enumerate(zip(ev["positions"], ev["p_real"], ev["rejected"]))]
+        out.append(Verdict(verdict, score, rt, frac, rf, len(patches), patches, working_size=bundle.size,
+                           model=str(bundle.directory or "")))
+    return out
+
+
+def verify(image_path: str | os.PathLike[str], depth_path: str | os.PathLike[str],
+           model_dir: str | os.PathLike[str] | None = None, depth_scale: float | None = None, *,
+           depth_format: str | None = None, bundle: SceneProof | None = None) -> Verdict:
+    """Verify one RGB-D pair; raises :class:`~safetynet.errors.SafetyNetError` subclasses on bad input.
+
+    ``depth_scale`` is stored units per metre (default: 1000 for PNG/PGM, 1 for ``.npy``/``.dpt``;
+    not used for PFM); ``model_dir`` defaults to the shipped bundle.
+    """
+    from ..data.rgbd.formats import read_depth_array, read_image
+    from ..data.rgbd.frame import make_frame
+    from ..errors import DataError
+
+    if depth_scale is not None and (isinstance(depth_scale, bool) or not isinstance(depth_scale, (int, float))
+                                    or not np.isfinite(depth_scale) or depth_scale <= 0):
+        raise InputError(f"--depth-scale must be a positive number of stored units per metre, got {depth_scale!r}")
+    bundle = bundle if bundle is not None else SceneProof.load(model_dir)
+    img = read_image(image_path)
+    depth, valid = read_depth_array(depth_path, depth_scale, format=depth_format)
+    if depth.shape != img.shape[:2]:
+        raise DataError(f"image {image_path} is {img.shape[1]}x{img.shape[0]} but depth {depth_path} is "
+                        f"{depth.shape[1]}x{depth.shape[0]}; give the depth map registered to this image, at its size")
+    frame = make_frame(img, depth, valid, source=f"{image_path}|{depth_path}")
+    image, depth, valid = prepare_frames(bundle, frame.image[None], frame.depth[None], frame.valid[None])
+    fs = FrameSet(image, depth, valid, ["input"], [frame.source])
+    v = verify_frames(bundle, fs)[0]
+    v.image_size = (frame.height, frame.width)
+    return v
+
+
+def calibrate_real_threshold(real_scores: Sequence[float], fake_scores: Sequence[float]) -> tuple[float, float]:
+    """Threshold on the real score maximising balanced accuracy (real if score > t); returns (t, accuracy).
+
+    Candidates are midpoints between consecutive distinct scores (and the ends); ties go to the
+    candidate closest to 0.5.
+    """
+    r = np.asarray([s for s in real_scores if s is not None], dtype=np.float64)
+    f = np.asarray([s for s in fake_scores if s is not None], dtype=np.float64)
+    if r.size == 0 or f.size == 0:
+        raise InputError("calibrating the real threshold needs scored real and fake validation frames")
+    vals = np.unique(np.concatenate([r, f]))
+    cands = np.concatenate([[vals[0] - 1e-6], (vals[:-1] + vals[1:]) / 2, [vals[-1]]])
+    best_t, best_acc = 0.5, -1.0
+    for t in cands:
+        acc = 0.5 * ((r > t).mean() + (f <= t).mean())
+        if acc > best_acc + 1e-12 or (abs(acc - best_acc) <= 1e-12 and abs(t - 0.5) < abs(best_t - 0.5)):
+            best_t, best_acc = float(t), float(acc)
+    return best_t, best_acc
+
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_CODES", "FAKE_VERDICT", "REAL_VERDICT", "REJECTED_VERDICT", "Verdict",
+           "calibrate_real_threshold", "crop_to_aspect", "decide", "frame_evidence", "prepare_frames", "verify",
+           "verify_frames"]

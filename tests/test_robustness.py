@@ -1,0 +1,209 @@
+"""Reliability flags, surrogates and the ``robustness`` job (typed entry point and CLI) on digits."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from safetynet.errors import InputError
+from safetynet.robustness.flags import (
+    check_blackbox_beats_whitebox,
+    check_monotone_in_eps,
+    check_randomness,
+    check_softmax_output,
+    check_unbounded_success,
+    check_zero_gradients,
+    log_flags,
+    safetynet_real_score,
+)
+
+
+@pytest.fixture(scope="module")
+def digits(digits_checkpoint):
+    from safetynet.attacks import BIM
+    from safetynet.data import load_dataset
+    from safetynet.models import load_checkpoint
+    from safetynet.safetynet import SafetyNet
+
+    torch.set_num_threads(1)
+    model, _ = load_checkpoint(digits_checkpoint)
+    model.eval()
+    tr, te = load_dataset("digits", "train"), load_dataset("digits", "test")
+    x, y = tr.images[:300], tr.labels[:300]
+    _, xa, ok = BIM(steps=10, step_size=0.025)(model, x, y, eps=0.1)
+    net = SafetyNet(model, layers=["relu2"], pool=4, detector_params={"random_state": 0}).fit(x, xa[ok])
+    return {"model": model, "net": net, "xt": te.images[:40], "yt": te.labels[:40]}
+
+
+class StepModel(nn.Module):
+    """A classifier on a rounded input: its gradient w.r.t. the input is exactly zero everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(torch.round(x * 4).flatten(1) / 4)
+
+
+# -- flags -------------------------------------------------------------------------------------------
+def test_zero_gradient_flag_triggers_on_a_step_model_and_not_on_a_normal_one(digits):
+    x = digits["xt"]
+    flag = check_zero_gradients(lambda xb: StepModel()(xb)[:, 0], x)
+    assert flag.triggered and flag.value == 1.0
+    normal = check_zero_gradients(lambda xb: digits["model"](xb).logsumexp(1), x)
+    assert not normal.triggered and normal.value == 0.0
+    detached = check_zero_gradients(lambda xb: torch.zeros(len(xb)), x)  # no graph at all counts as zero
+    assert detached.triggered
+    with pytest.raises(InputError, match="one value per image"):
+        check_zero_gradients(lambda xb: StepModel()(xb), x)
+
+
+def test_zero_gradient_flag_on_safetynet(digits):
+    from safetynet.attacks.adaptive import BPDAScore, SmoothScore
+
+    net, x = digits["net"], digits["xt"]
+    real = check_zero_gradients(safetynet_real_score(net), x)
+    assert real.triggered and real.value == 1.0  # the quantizer: zero gradient almost everywhere
+    np.testing.assert_allclose(safetynet_real_score(net)(x).detach().numpy(), net.decision_function(x), atol=1e-9)
+    for score in (BPDAScore(net, "identity"), SmoothScore(net, 10.0, 0.1)):
+        flag = check_zero_gradients(lambda xb, s=score: s(xb)[1].amax(1), x)
+        assert not flag.triggered, flag.detail
+
+
+def test_monotone_flag():
+    f = check_monotone_in_eps([0.1, 0.3, 0.2], [0.2, 0.4, 0.5])  # unsorted eps: 0.2 at 0.1, 0.5 at 0.2, 0.4 at 0.3
+    assert f.triggered and f.value == pytest.approx(0.1) and "0.3" in f.detail
+    assert not check_monotone_in_eps([0.1, 0.2, 0.3], [0.2, 0.2, 0.5]).triggered
+    assert not check_monotone_in_eps([0.1, 0.2], [0.30, 0.29], tol=0.02).triggered
+    with pytest.raises(InputError):
+        check_monotone_in_eps([0.1], [0.1, 0.2])
+
+
+def test_blackbox_and_unbounded_flags():
+    kinds = {"pgd": "white", "bpda": "white", "hsja": "black"}
+    f = check_blackbox_beats_whitebox({"pgd": 0.3, "bpda": 0.25, "hsja": 0.5}, kinds)
+    assert f.triggered and f.value == pytest.approx(0.2) and "hsja" in f.detail and "pgd" in f.detail
+    assert not check_blackbox_beats_whitebox({"pgd": 0.3, "hsja": 0.5}, kinds, margin=0.25).triggered
+    assert not check_blackbox_beats_whitebox({"pgd": 0.3}, kinds).triggered
+    assert check_unbounded_success([1.0, 2.0], [0.5, 0.9]).triggered
+    assert not check_unbounded_success([2.0, 1.0], [1.0, 0.5]).triggered  # the largest eps is the first entry
+
+
+def test_randomness_and_softmax_flags(digits, caplog):
+    x = digits["xt"]
+    noisy = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 10)).train()
+    f = check_randomness(lambda xb: noisy(xb), x)
+    assert f.triggered
+    g = check_randomness(lambda xb: digits["net"].classify(xb), x)  # logits, labels, scores: all deterministic
+    assert not g.triggered
+    soft = nn.Sequential(digits["model"], nn.Softmax(dim=1))
+    assert check_softmax_output(soft, x).triggered
+    assert not check_softmax_output(digits["model"], x).triggered
+    with caplog.at_level(logging.WARNING, logger="safetynet.robustness.flags"):
+        log_flags([f, g])
+    assert "randomized_defence" in caplog.text and caplog.text.count("reliability flag") == 1
+
+
+# -- configuration -----------------------------------------------------------------------------------
+def test_config_validation_and_default_layers():
+    from safetynet.models import build_model
+    from safetynet.robustness.run import RobustnessConfig, default_layers
+
+    RobustnessConfig().validate()
+    for bad, match in (({"dataset": "mnist"}, "dataset"), ({"dataset": "cifar10"}, "--model"), ({"n": 0}, "n must"),
+                       ({"attacks": ["pgd"]}, "unknown attacks"), ({"norms": ["l1"]}, "norms"),
+                       ({"eps_linf": [-0.1]}, "eps"), ({"sharpness": []}, "sharpness"), ({"levels": 3}, "levels"),
+                       ({"target_fpr": 1.0}, "target_fpr"), ({"extend_eps": -1}, "extend_eps")):
+        with pytest.raises(InputError, match=match):
+            RobustnessConfig(**bad).validate()
+    assert RobustnessConfig(dataset="cifar10", model="x").eps("linf") == [2 / 255, 4 / 255, 8 / 255]
+    assert RobustnessConfig(eps_l2=[2.0, 0.5]).eps("l2") == [0.5, 2.0]
+    assert default_layers(build_model("resnet20")) == (["layer3.2.relu"], ["layer3.0.relu", "layer3.1.relu", "layer3.2.relu"])
+    assert default_layers(build_model("smallcnn")) == (["relu2"], ["relu2", "fc1"])
+
+
+# -- the whole job -----------------------------------------------------------------------------------
+def test_run_robustness_end_to_end(digits_checkpoint, tmp_path):
+    from safetynet.evaluation.report import read_results_json
+    from safetynet.robustness.run import ATTACK_ROWS, RobustnessConfig, run_robustness
+
+    cfg = RobustnessConfig(model=str(digits_checkpoint), dataset="digits", n=40, n_fit=300, eps_linf=[0.1, 0.2],
+                           eps_l2=[1.0], sharpness=[1.0, 100.0], gamma_scale=[1.0], steps=15, hsja_queries=200,
+                           hsja_steps=10, metzen_epochs=3, surrogate_epochs=3, extend_eps=1, out=str(tmp_path))
+    t0 = time.time()
+    res = run_robustness(cfg)
+    assert time.time() - t0 < 120
+    report = (tmp_path / "report.md").read_text()
+    for heading in ("## Table 4 layout, L∞, ε = 0.2", "## Table 4 layout, L2, ε = 1", "## Reliability flags",
+                    "λ (sigmoid sharpness)", "## HopSkipJump queries per image", "Detection rate at 5% false positives"):
+        assert heading in report, heading
+    for label in ("Gradient descent (I): BIM", "Gradient descent (II): smoothed (paper)", "BPDA", "Orthogonal PGD",
+                  "Code matching", "HopSkipJump", "FastSign TF", "GradDesc TF", "Finetune TF", "Subnet Det TF"):
+        assert label in report, label
+    assert (tmp_path / "figures" / "success_linf_det_a.png").stat().st_size > 1000
+    doc = read_results_json(tmp_path / "results.json")
+    assert doc["config"]["n"] == 40 and doc["environment"]["torch"]
+    recs = doc["results"]["records"]
+    # every row x defence x norm x eps exists (code matching only against SafetyNet, L∞ only)
+    for key, row in ATTACK_ROWS.items():
+        for norm in row.norms:
+            for d in ("ori", "subnet", "det_a", "det_ens"):
+                found = [r for r in recs if r["attack"] == key and r["defence"] == d and r["norm"] == norm]
+                assert bool(found) == (key != "code-matching" or d in ("det_a", "det_ens")), (key, d, norm)
+    for r in recs:
+        for k in ("misclassified_accepted", "correct_rejected", "rejected"):
+            assert 0.0 <= r[k] <= 1.0
+        assert r["misclassified_accepted"] + r["correct_rejected"] <= r["misclassified_accepted"] + r["rejected"] + 1e-9
+        if r["defence"] == "ori":
+            assert r["rejected"] == 0.0
+    # HopSkipJump stayed within its budget
+    assert all(q["max"] <= 200 for q in doc["results"]["queries"])
+    # the quantized detector's real path has no gradient; the BPDA surrogate does
+    flags = {(f["name"], f["context"].get("defence")): f for f in res["flags"]}
+    assert flags["zero_gradients_real_path", "det_a"]["triggered"]
+    assert flags["zero_gradients_real_path", "det_ens"]["triggered"]
+    assert not flags["zero_gradients_bpda_surrogate", "det_a"]["triggered"]
+    assert not flags["zero_gradients_classifier", "ori"]["triggered"]
+    # type II beats type I against Det A at the headline budget, and the report says so
+    at = [r for r in recs if r["defence"] == "det_a" and r["norm"] == "linf" and r["eps"] == 0.2]
+    best1 = max(r["success"] for r in at if r["kind"] == "I")
+    best2 = max(r["success"] for r in at if r["kind"] == "II")
+    assert best2 > best1 + 0.2
+    assert "Det A, L∞ ε=0.2" in report and "type II beats type I" in report
+
+
+def test_cli_robustness_trains_a_tiny_model_and_reports(tmp_path, capsys):
+    from safetynet.cli import main
+
+    rc = main(["robustness", "--dataset", "digits", "--n", "20", "--n-fit", "200", "--attacks", "bim", "type2", "hsja",
+               "--norms", "linf", "--eps-linf", "0.1", "0.2", "--sharpness", "10", "--gamma-scale", "1", "--steps", "10",
+               "--hsja-queries", "100", "--hsja-steps", "5", "--metzen-epochs", "2", "--extend-eps", "0",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["report"] == str(tmp_path / "report.md") and (tmp_path / "report.md").is_file()
+    assert "zero_gradients_real_path" in summary["flags_triggered"]
+    assert (tmp_path / "classifier" / "model.safetensors").is_file()  # the tiny model trained for the run
+    assert not (tmp_path / "surrogate").exists()  # no transfer row asked for, no surrogate trained
+
+
+def test_cli_robustness_errors(tmp_path, capsys):
+    from safetynet.cli import main
+
+    assert main(["robustness", "--dataset", "cifar10", "--out", str(tmp_path)]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main(["robustness", "--attacks", "pgd", "--out", str(tmp_path)]) == 2
+    assert "unknown attacks" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["robustness", "--levels", "3"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["robustness", "--help"])
+    assert e.value.code == 0

@@ -1,0 +1,173 @@
+"""``safetynet sceneproof verify``: exit codes, bad input, JSON output, the shipped bundle.
+
+Exit codes 0/1/2 are forced deterministically with copies of the shipped bundle whose
+``sceneproof.json`` is edited: ``real_threshold = -1`` makes every accepted pair real (0),
+``real_threshold = 1`` every accepted pair fake (1), and detector thresholds of ``-1e9`` make
+every detector fire on every patch, so the pair is rejected as adversarial (2). Bad input
+exits 3 with one line on stderr and no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from safetynet.cli import main
+from safetynet.sceneproof.model import default_model_dir
+
+SHIPPED = default_model_dir()
+
+
+def _write_pair(folder: Path, h: int = 120, w: int = 160, seed: int = 0) -> tuple[Path, Path]:
+    """A simulated capture written as PNG + 16-bit millimetre PNG."""
+    from safetynet.data.rgbd.simulator import simulate_scenes
+
+    sim = simulate_scenes(1, (h, w), seed=seed)
+    img = (sim.sensor_image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    mm = (sim.sensor_depth[0, 0].numpy() * 1000).round().astype(np.uint16)
+    ip, dp = folder / "image.png", folder / "depth.png"
+    Image.fromarray(img).save(ip)
+    Image.fromarray(mm).save(dp)
+    return ip, dp
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return _write_pair(tmp_path_factory.mktemp("pair"))
+
+
+def _bundle_copy(tmp_path: Path, **changes) -> Path:
+    dst = tmp_path / "bundle"
+    shutil.copytree(SHIPPED, dst)
+    doc = json.loads((dst / "sceneproof.json").read_text())
+    doc.update(changes)
+    (dst / "sceneproof.json").write_text(json.dumps(doc))
+    return dst
+
+
+def _run(args, capsys):
+    code = main(["sceneproof", "verify", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_shipped_bundle_is_small_and_complete():
+    assert (SHIPPED / "sceneproof.json").is_file(), "the shipped SceneProof bundle is missing"
+    size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
+    assert size < 8 * 2 ** 20, f"shipped bundle is {size / 2 ** 20:.1f} MiB"
+    assert not [p for p in SHIPPED.rglob("*") if p.suffix in (".pt", ".pth", ".pkl", ".pickle")]
+
+
+@pytest.mark.parametrize("changes, expected, verdict", [
+    ({"real_threshold": -1.0}, 0, "real"),
+    ({"real_threshold": 1.0}, 1, "fake"),
+    ({"thresholds": {"A": -1e9, "B": -1e9, "C": -1e9}}, 2, "rejected (adversarial)"),
+])
+def test_exit_codes_with_crafted_bundles(tmp_path, pair, capsys, changes, expected, verdict):
+    model = _bundle_copy(tmp_path, **changes)
+    code, out, err = _run([*pair, "--model", model, "--json"], capsys)
+    assert code == expected, err
+    doc = json.loads(out)
+    assert doc["verdict"] == verdict and doc["exit_code"] == expected
+
+
+def test_json_schema(pair, capsys):
+    code, out, _ = _run([*pair, "--json"], capsys)
+    doc = json.loads(out)
+    assert set(doc) == {"verdict", "real_score", "real_threshold", "rejected_fraction", "reject_fraction", "n_patches",
+                        "patches", "image_size", "working_size", "model", "exit_code"}
+    assert doc["verdict"] in ("real", "fake", "rejected (adversarial)") and code == doc["exit_code"]
+    assert doc["image_size"] == [120, 160] and doc["n_patches"] == len(doc["patches"]) > 0
+    for p in doc["patches"]:
+        assert set(p) == {"y", "x", "p_real", "p_real_classifier", "valid_depth", "rejected", "detector_margins"}
+        assert p["p_real"] == (0.0 if p["valid_depth"] < 0.02 else p["p_real_classifier"])
+        assert set(p["detector_margins"]) == {"A", "B", "C"} and 0 <= p["p_real"] <= 1
+        worst = max(p["detector_margins"].values())  # rounded to 4 decimals in the JSON
+        assert worst >= 0 if p["rejected"] else worst <= 0
+    accepted = [p["p_real"] for p in doc["patches"] if not p["rejected"]]
+    if accepted:  # the score is the mean P(real) of accepted patches (rounded per patch in the JSON)
+        assert doc["real_score"] == pytest.approx(np.mean(accepted), abs=1e-3)
+
+
+def test_human_output_is_one_verdict_with_evidence(pair, capsys):
+    code, out, err = _run(pair, capsys)
+    assert code in (0, 1, 2)
+    first = out.splitlines()[0]
+    assert first.split(":")[0] in ("real", "fake", "rejected (adversarial)")
+    assert "P(real)" in out and err == ""
+
+
+def _assert_bad_input(code, out, err, needle):
+    assert code == 3
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("safetynet: error:"), err
+    assert "Traceback" not in err and needle in lines[0].lower(), lines[0]
+
+
+def test_missing_file(tmp_path, pair, capsys):
+    _assert_bad_input(*_run([pair[0], tmp_path / "nope.png"], capsys), "does not exist")
+
+
+def test_size_mismatch(tmp_path, pair, capsys):
+    small = tmp_path / "small.png"
+    Image.fromarray(np.full((60, 80), 1500, np.uint16)).save(small)
+    _assert_bad_input(*_run([pair[0], small], capsys), "80x60")
+
+
+def test_8bit_depth(tmp_path, pair, capsys):
+    d8 = tmp_path / "d8.png"
+    Image.fromarray(np.full((120, 160), 100, np.uint8)).save(d8)
+    _assert_bad_input(*_run([pair[0], d8], capsys), "16-bit")
+
+
+def test_corrupt_png(tmp_path, pair, capsys):
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
+    _assert_bad_input(*_run([pair[0], bad], capsys), "corrupt.png")
+
+
+def test_nan_npy(tmp_path, pair, capsys):
+    arr = np.full((120, 160), 1.5, np.float32)
+    arr[3, 4] = np.nan
+    npy = tmp_path / "d.npy"
+    np.save(npy, arr)
+    _assert_bad_input(*_run([pair[0], npy], capsys), "nan")
+
+
+def test_npy_in_metres_and_bad_scale(tmp_path, pair, capsys):
+    arr = np.asarray(Image.open(pair[1]), dtype=np.float32) / 1000.0  # the same depth, in metres
+    npy = tmp_path / "d.npy"
+    np.save(npy, arr)
+    c1, o1, _ = _run([pair[0], npy, "--json"], capsys)
+    c2, o2, _ = _run([*pair, "--json"], capsys)
+    assert c1 == c2 and json.loads(o1)["real_score"] == pytest.approx(json.loads(o2)["real_score"], abs=1e-4)
+    _assert_bad_input(*_run([*pair, "--depth-scale", "0"], capsys), "depth-scale")
+
+
+def test_too_small_and_bad_model(tmp_path, capsys):
+    ip, dp = _write_pair(tmp_path, h=40, w=50)
+    _assert_bad_input(*_run([ip, dp], capsys), "at least")
+    (tmp_path / "ok").mkdir()
+    ip2, dp2 = _write_pair(tmp_path / "ok")
+    _assert_bad_input(*_run([ip2, dp2, "--model", tmp_path / "no-bundle"], capsys), "sceneproof.json")
+
+
+def test_console_script_exit_code(tmp_path, pair):
+    """The real entry point: bad input exits 3 (not the global 2), and a verdict exits 0, 1 or 2."""
+    exe = Path(sys.executable).with_name("safetynet")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "safetynet.cli"]
+    r = subprocess.run([*cmd, "sceneproof", "verify", str(pair[0]), str(tmp_path / "missing.png")],
+                       check=False, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3 and "Traceback" not in r.stderr
+    r = subprocess.run([*cmd, "sceneproof", "verify", *map(str, pair)], check=False, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode in (0, 1, 2) and r.stdout.splitlines()[0].split(":")[0] in ("real", "fake",
+                                                                                    "rejected (adversarial)")
