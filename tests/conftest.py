@@ -55,3 +55,25 @@ def digits_checkpoint(tmp_path_factory) -> Path:
                                 batch_size=64, eval_subset=450, out=str(out)))
     assert metrics["test_acc"] > 0.9, metrics
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_protected(digits_checkpoint) -> dict:
+    """The digits SmallCNN protected by SafetyNet: one detector (relu2) and a two-layer ensemble,
+    fitted on 400 training images and their BIM-L∞ (eps 0.1) adversarials; shared by the
+    attack-on-detector tests."""
+    from safetynet.attacks import BIM
+    from safetynet.data import load_dataset
+    from safetynet.models import load_checkpoint
+    from safetynet.safetynet import SafetyNet
+
+    torch.set_num_threads(1)
+    model, _ = load_checkpoint(digits_checkpoint)
+    model.eval()
+    tr, te = load_dataset("digits", "train"), load_dataset("digits", "test")
+    x, y = tr.images[:400], tr.labels[:400]
+    xt, yt = te.images[:60], te.labels[:60]
+    _, xa, ok = BIM(steps=10, step_size=0.025)(model, x, y, eps=0.1)
+    net = SafetyNet(model, layers=["relu2"], pool=4, detector_params={"random_state": 0}).fit(x, xa[ok])
+    ens = SafetyNet(model, layers=["relu2", "fc1"], pool=4, detector_params={"random_state": 0}).fit(x, xa[ok])
+    return {"model": model, "x": x, "y": y, "xa": xa[ok], "xt": xt, "yt": yt, "net": net, "ens": ens}

@@ -25,20 +25,8 @@ from safetynet.robustness.flags import (
 
 
 @pytest.fixture(scope="module")
-def digits(digits_checkpoint):
-    from safetynet.attacks import BIM
-    from safetynet.data import load_dataset
-    from safetynet.models import load_checkpoint
-    from safetynet.safetynet import SafetyNet
-
-    torch.set_num_threads(1)
-    model, _ = load_checkpoint(digits_checkpoint)
-    model.eval()
-    tr, te = load_dataset("digits", "train"), load_dataset("digits", "test")
-    x, y = tr.images[:300], tr.labels[:300]
-    _, xa, ok = BIM(steps=10, step_size=0.025)(model, x, y, eps=0.1)
-    net = SafetyNet(model, layers=["relu2"], pool=4, detector_params={"random_state": 0}).fit(x, xa[ok])
-    return {"model": model, "net": net, "xt": te.images[:40], "yt": te.labels[:40]}
+def digits(digits_protected):
+    return digits_protected
 
 
 class StepModel(nn.Module):

@@ -26,21 +26,8 @@ from safetynet.errors import InputError
 
 
 @pytest.fixture(scope="module")
-def digits(digits_checkpoint):
-    from safetynet.data import load_dataset
-    from safetynet.models import load_checkpoint
-    from safetynet.safetynet import SafetyNet
-
-    torch.set_num_threads(1)
-    model, _ = load_checkpoint(digits_checkpoint)
-    model.eval()
-    tr, te = load_dataset("digits", "train"), load_dataset("digits", "test")
-    x, y = tr.images[:400], tr.labels[:400]
-    xt, yt = te.images[:60], te.labels[:60]
-    _, xa, ok = BIM(steps=10, step_size=0.025)(model, x, y, eps=0.1)
-    net = SafetyNet(model, layers=["relu2"], pool=4, detector_params={"random_state": 0}).fit(x, xa[ok])
-    ens = SafetyNet(model, layers=["relu2", "fc1"], pool=4, detector_params={"random_state": 0}).fit(x, xa[ok])
-    return {"model": model, "x": x, "y": y, "xa": xa[ok], "xt": xt, "yt": yt, "net": net, "ens": ens}
+def digits(digits_protected):
+    return digits_protected
 
 
 def type2_success_by_hand(net, x_adv, y):

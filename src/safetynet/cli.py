@@ -140,6 +140,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="cifar10-resnet20", help="shipped model name or checkpoint folder")
     p.add_argument("--layer", default="layer3.2.relu", help="layer to tap (default: last residual stage, the paper's x5)")
     p.add_argument("--pool", type=int, default=None, help="average-pool the tapped maps to POOLxPOOL (default: all units)")
+    p.add_argument("--pooled", type=int, default=1,
+                   help="the extra 'pooled' SafetyNet detector quantizes each channel average-pooled to POOLEDxPOOLED (default 1)")
     p.add_argument("--n-train", type=int, default=None, help="clean images attacked to train the detectors")
     p.add_argument("--n-test", type=int, default=None, help="clean images attacked to test them")
     p.add_argument("--grid", default=None, choices=("demo", "paper"),
@@ -155,8 +157,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .experiment import ExperimentConfig, run_experiment
 
     grid = args.grid or ("paper" if args.dataset == "cifar10" else "demo")
-    cfg = ExperimentConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model, layer=args.layer, pool=args.pool,
-                           n_train=args.n_train, n_test=args.n_test, grid=grid, metzen_epochs=args.metzen_epochs,
+    cfg = ExperimentConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model, layer=args.layer,
+                           pool=args.pool, pooled=args.pooled, n_train=args.n_train, n_test=args.n_test, grid=grid, metzen_epochs=args.metzen_epochs,
                            threads=args.threads, seed=args.seed, out=args.out)
     results = run_experiment(cfg)
     summary = {"report": str(Path(args.out) / "report.md"), "seconds": results["seconds"], "clean": results["clean"],

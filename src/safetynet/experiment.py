@@ -35,8 +35,9 @@ from .errors import InputError
 
 log = logging.getLogger(__name__)
 
-DETECTORS = ("svm-binary", "svm-quaternary", "metzen")
+DETECTORS = ("svm-binary", "svm-quaternary", "svm-pooled", "metzen")
 DETECTOR_TITLES = {"svm-binary": "SafetyNet (binary codes)", "svm-quaternary": "SafetyNet (quaternary codes)",
+                   "svm-pooled": "SafetyNet (quaternary codes, pooled)",
                    "metzen": "Metzen et al. subnetwork", "confidence": "Confidence (max softmax)"}
 
 
@@ -94,6 +95,12 @@ class ExperimentConfig:
     model: str = "cifar10-resnet20"  # shipped model name or checkpoint folder
     layer: str = "layer3.2.relu"  # the last residual stage ("x5" in the paper)
     pool: int | None = None  # None: all 64x8x8 = 4096 units, as the paper taps the whole layer
+    # The "svm-pooled" detector: quaternary codes of the tapped maps average-pooled to
+    # pooled x pooled per channel. With a few thousand training examples the 4,096-unit codes are
+    # data-starved; on a validation split of CIFAR-10 *training* images (ResNet-20, 1,400 natural +
+    # 1,400 adversarial) global pooling raised AUC from 0.76 to 0.82 (BIM-L∞ 4/255) and from 0.60
+    # to 0.73 (DeepFool-L2). Not in the paper: reported beside its full codes.
+    pooled: int = 1
     n_train: int | None = None  # clean images attacked to train detectors (default: half the sample / 2000)
     n_test: int | None = None  # clean images attacked to test them (default: the other half / 1000)
     grid: str = "demo"  # demo | paper
@@ -109,6 +116,8 @@ class ExperimentConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 20):
                 raise InputError(f"{name} must be an integer >= 20, got {v!r}")
+        if isinstance(self.pooled, bool) or not isinstance(self.pooled, int) or self.pooled < 1:
+            raise InputError(f"pooled must be a positive integer (pooled x pooled per channel), got {self.pooled!r}")
         if self.metzen_epochs < 1:
             raise InputError(f"metzen_epochs must be >= 1, got {self.metzen_epochs}")
         attack_grid(self.grid)
@@ -254,6 +263,11 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         flat = layer_activations(model, x, [cfg.layer], cfg.pool)[cfg.layer] if cfg.pool else m.flatten(1)
         return flat, m
 
+    def pooled(maps: torch.Tensor) -> torch.Tensor:
+        if maps.ndim != 4:  # a fully connected layer: nothing to pool
+            return maps.flatten(1)
+        return torch.nn.functional.adaptive_avg_pool2d(maps, cfg.pooled).flatten(1)
+
     nat_tr_flat, nat_tr_maps = acts(xn_tr)
     nat_te_flat, nat_te_maps = acts(xn_te)
     miss_te_flat, miss_te_maps = acts(x_miss_te) if len(x_miss_te) else (None, None)
@@ -269,10 +283,14 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                 all_te_flat[s.key], all_te_maps[s.key] = f, m  # every attempt, for the Table-1 rates
             adv_flat[s.key, part], adv_maps[s.key, part] = f[o.success], m[o.success]
 
-    quantizers = {lv: ActivationQuantizer(levels=lv).fit(nat_tr_flat) for lv in (2, 4)}
+    # Each SVM detector: (code levels, activations -> features it quantizes).
+    svm_kinds = {"svm-binary": (2, lambda flat, maps: flat), "svm-quaternary": (4, lambda flat, maps: flat),
+                 "svm-pooled": (4, lambda flat, maps: pooled(maps))}
+    quantizers = {name: ActivationQuantizer(levels=lv).fit(feat(nat_tr_flat, nat_tr_maps))
+                  for name, (lv, feat) in svm_kinds.items()}
 
-    def codes(lv: int, a: torch.Tensor) -> np.ndarray:
-        return quantizers[lv].transform(a)
+    def codes(name: str, flat: torch.Tensor, maps: torch.Tensor) -> np.ndarray:
+        return quantizers[name].transform(svm_kinds[name][1](flat, maps))
 
     # Fit detectors per training setting and score every test set.
     scores: dict[str, dict[str, dict[str, Any]]] = {d: {} for d in DETECTORS}
@@ -281,14 +299,19 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     skipped = [s.key for s in settings if s not in usable]
     for s in progress(usable, desc="detectors"):
         n_adv = len(adv_flat[s.key, "train"])
-        for det_name, lv in (("svm-binary", 2), ("svm-quaternary", 4)):
-            X = np.concatenate([codes(lv, nat_tr_flat), codes(lv, adv_flat[s.key, "train"])])
+        for det_name, (lv, _) in svm_kinds.items():
+            X = np.concatenate([codes(det_name, nat_tr_flat, nat_tr_maps),
+                                codes(det_name, adv_flat[s.key, "train"], adv_maps[s.key, "train"])])
             y = np.r_[np.zeros(len(nat_tr_flat), dtype=int), np.ones(n_adv, dtype=int)]
             det = CodeSVMDetector(levels=lv, random_state=cfg.seed).fit(X, y)
             fitted_params[det_name][s.key] = {"gamma": det.gamma_, "sigma": det.sigma_, "C": det.C_,
-                                              "support_vectors": int(len(det.support_vectors_))}
-            scores[det_name][s.key] = _score_all(lambda a, lv=lv, det=det: det.decision_function(codes(lv, a)),
-                                                 nat_te_flat, miss_te_flat, adv_flat, all_te_flat, settings)
+                                              "support_vectors": int(len(det.support_vectors_)),
+                                              "code_units": int(X.shape[1])}
+            scores[det_name][s.key] = _score_all(
+                lambda fm, name=det_name, det=det: det.decision_function(codes(name, *fm)),
+                (nat_te_flat, nat_te_maps), None if miss_te_flat is None else (miss_te_flat, miss_te_maps),
+                {k: (adv_flat[k], adv_maps[k]) for k in adv_flat},
+                {k: (all_te_flat[k], all_te_maps[k]) for k in all_te_flat}, settings)
         met = MetzenDetector(model, layer=cfg.layer, epochs=cfg.metzen_epochs, seed=cfg.seed)
         met.fit_activations(nat_tr_maps, adv_maps[s.key, "train"])
         fitted_params["metzen"][s.key] = {"epochs": cfg.metzen_epochs}
@@ -316,11 +339,17 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def _score_all(score_fn, nat_te, miss_te, adv_by_key, all_by_key, settings) -> dict[str, Any]:
-    """Scores of one fitted detector on the natural, misclassified-clean and every adversarial test set."""
+    """Scores of one fitted detector on the natural, misclassified-clean and every adversarial test set.
+
+    A set is whatever ``score_fn`` takes: a tensor, or a tuple of tensors with one row per image.
+    """
+    def n(v) -> int:
+        return 0 if v is None else len(v[0]) if isinstance(v, tuple) else len(v)
+
     return {
         "natural": np.asarray(score_fn(nat_te), dtype=float),
-        "misclassified_clean": np.asarray(score_fn(miss_te), dtype=float) if miss_te is not None and len(miss_te) else np.zeros(0),
-        "adversarial": {t.key: np.asarray(score_fn(adv_by_key[t.key, "test"]), dtype=float) if len(adv_by_key[t.key, "test"])
+        "misclassified_clean": np.asarray(score_fn(miss_te), dtype=float) if n(miss_te) else np.zeros(0),
+        "adversarial": {t.key: np.asarray(score_fn(adv_by_key[t.key, "test"]), dtype=float) if n(adv_by_key[t.key, "test"])
                         else np.zeros(0) for t in settings},
         "all_attempts": {t.key: np.asarray(score_fn(all_by_key[t.key]), dtype=float) for t in settings},
     }

@@ -34,7 +34,7 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
                                "adversary_success": row["adversary_success"], "detector_accuracy": row["balanced_accuracy"]})
         figures["fig2"] = plot_success_vs_accuracy(points, fig_dir / "success_vs_accuracy.png",
                                                    title="Same-attack detection (Figure 2B layout)")
-        for d in ("svm-binary", "metzen"):
+        for d in ("svm-binary", "svm-pooled", "metzen"):
             curves = {labels[s.key]: (scores[d][s.key]["natural"], scores[d][s.key]["adversarial"][s.key]) for s in usable}
             figures[f"roc-{d}"] = plot_roc_curves(curves, fig_dir / f"roc_{d}.png", title=f"ROC: {DETECTOR_TITLES[d]}")
         for d in DETECTORS:
@@ -50,7 +50,8 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
         f"Data: **{provenance['dataset']}**; detectors are trained on images from the {provenance['train_from']} "
         f"({c['train_images']} images) and tested on the {provenance['test_from']} ({c['test_images']} images). "
         f"Classifier: `{results['model']}`, tapped layer `{cfg.layer}` "
-        f"({'all units' if cfg.pool is None else f'average-pooled to {cfg.pool}x{cfg.pool}'}). "
+        f"({'all units' if cfg.pool is None else f'average-pooled to {cfg.pool}x{cfg.pool}'}; the pooled detector "
+        f"quantizes each channel average-pooled to {cfg.pooled}x{cfg.pooled}, our addition to the paper). "
         f"Clean accuracy: {_pct(c['train_accuracy'])} (train part), {_pct(c['test_accuracy'])} (test part). "
         f"Run time {results['seconds']:.0f} s, seed {cfg.seed}.")
     rep.paragraph(
@@ -89,6 +90,7 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
     if "fig2" in figures:
         rep.image(figures["fig2"], "adversary success vs detection accuracy")
         rep.image(figures["roc-svm-binary"], "ROC SafetyNet binary")
+        rep.image(figures["roc-svm-pooled"], "ROC SafetyNet quaternary pooled")
         rep.image(figures["roc-metzen"], "ROC Metzen subnetwork")
 
     rep.heading("Cross-attack generalisation (rows: trained on; columns: tested on)")
@@ -153,4 +155,6 @@ def _command(cfg) -> str:
         parts.append(f"--n-test {cfg.n_test}")
     if cfg.pool:
         parts.append(f"--pool {cfg.pool}")
+    if cfg.pooled != 1:
+        parts.append(f"--pooled {cfg.pooled}")
     return " ".join(parts)

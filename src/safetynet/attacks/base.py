@@ -155,7 +155,9 @@ class Attack(ABC):
                     # Belt and braces: whatever run() did, masked-out elements stay bit-identical.
                     xc = torch.where(mask.bool(), xc, x)
                 with torch.no_grad():
-                    ok = criterion(xc, model(xc))
+                    # Channels-last: same logits (to float rounding), about half the CPU time.
+                    xf = xc.contiguous(memory_format=torch.channels_last) if xc.ndim == 4 else xc
+                    ok = criterion(xc, model(xf))
                 raws.append(raw)
                 clipped.append(xc)
                 success.append(ok)
