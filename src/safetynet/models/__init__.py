@@ -11,6 +11,10 @@ from typing import Any
 from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
+# Import the registry submodule *before* defining the function of the same name below: importing a
+# submodule the first time binds it as a package attribute, which would otherwise replace the
+# function ``pretrained`` with the module ``pretrained`` at first use.
+from .pretrained import available_pretrained, load_pretrained
 from .resnet import CifarResNet
 
 ARCHS = ("resnet20", "resnet32", "vgg", "smallcnn", "vgg19")
@@ -41,8 +45,6 @@ def build_model(arch: str, **kwargs: Any) -> nn.Module:
 
 def pretrained(name: str = "cifar10-resnet20") -> nn.Module:
     """Load a shipped checkpoint after verifying its sha256 (see :mod:`safetynet.models.pretrained`)."""
-    from .pretrained import load_pretrained
-
     return load_pretrained(name)
 
 
@@ -55,8 +57,6 @@ def resolve_model(spec: str) -> tuple[nn.Module, str]:
     if Path(spec).is_dir():
         model, _ = load_checkpoint(spec)
         return model, str(spec)
-    from .pretrained import available_pretrained
-
     names = available_pretrained()
     if spec in names:
         return pretrained(spec), f"pretrained:{spec}"
