@@ -24,13 +24,13 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ._job import start_job
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -221,11 +221,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
     cfg.validate()
     t_start = time.time()
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_job(cfg.threads, cfg.seed, cfg.out)
     settings = attack_grid(cfg.grid)
     model, model_source = resolve_model(cfg.model)
     model.eval()

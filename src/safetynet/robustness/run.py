@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._job import start_job
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -259,11 +260,7 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
 
     cfg.validate()
     t_start = time.time()
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_job(cfg.threads, cfg.seed, cfg.out)
     timings: dict[str, float] = {}
 
     def tick(name: str, t0: float) -> None:
