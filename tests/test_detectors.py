@@ -78,6 +78,20 @@ def test_decision_function_matches_sklearn(levels, fixed):
     assert det.score(X, y) > 0.6  # learns something (ClassifierMixin.score = accuracy)
 
 
+def test_precomputed_and_rbf_fit_paths_agree(monkeypatch):
+    """Small training sets are fitted through a precomputed integer-distance kernel, large ones
+    through libsvm's own RBF; both must give the same detector."""
+    import safetynet.detectors.svm as svm
+
+    X, y = make_codes(300, 64, levels=4)
+    Xq, _ = make_codes(200, 64, levels=4, seed=3)
+    fast = CodeSVMDetector(levels=4, gamma=0.05, C=3.0).fit(X, y)
+    monkeypatch.setattr(svm, "_PRECOMPUTED_MAX", 10)
+    slow = CodeSVMDetector(levels=4, gamma=0.05, C=3.0).fit(X, y)
+    np.testing.assert_array_equal(fast.support_vectors_, slow.support_vectors_)
+    np.testing.assert_allclose(fast.decision_function(Xq), slow.decision_function(Xq), rtol=0, atol=1e-8)
+
+
 def test_labels_other_than_zero_one_keep_sign_convention():
     X, y = make_codes(200, 32)
     labels = np.array(["natural", "zadversarial"])[y]

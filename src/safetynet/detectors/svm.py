@@ -57,6 +57,10 @@ def check_codes(X: np.ndarray, levels: int | None, owner: str = "CodeSVMDetector
     return np.ascontiguousarray(X, dtype=np.uint8)
 
 
+#: Largest training set fitted through a precomputed kernel (8,000^2 float64 = 512 MB).
+_PRECOMPUTED_MAX = 8000
+
+
 class _DistanceSVC(ClassifierMixin, BaseEstimator):
     """SVC on a precomputed matrix of squared code distances; only used to select gamma and C.
 
@@ -189,7 +193,15 @@ class CodeSVMDetector(ClassifierMixin, BaseEstimator):
         if gamma is None or C is None or self.param_grid:
             gamma, C = self._select(X, y, gamma, C)
 
-        svc = SVC(kernel="rbf", gamma=gamma, C=C).fit(X.astype(np.float64), y)
+        if X.shape[0] <= _PRECOMPUTED_MAX:
+            # Same problem as SVC(kernel="rbf"), but the kernel comes from exact integer code
+            # distances (one int matrix product) instead of libsvm's float64 loop over all d
+            # units per pair: ~30x faster to fit on 4,096-unit codes.
+            K = np.exp(-float(gamma) * squared_distances(X, X).astype(np.float64))
+            svc = SVC(kernel="precomputed", C=C).fit(K, y)
+            del K
+        else:  # the n x n kernel would not fit comfortably in memory
+            svc = SVC(kernel="rbf", gamma=gamma, C=C).fit(X.astype(np.float64), y)
         self.classes_ = svc.classes_
         self.support_vectors_ = X[svc.support_].copy()
         # For two classes sklearn already signs dual_coef_/intercept_ toward classes_[1].
