@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,3 +18,17 @@ def start_job(threads: int, seed: int, out: str | Path) -> Path:
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+class Laps:
+    """Named phase timings of a job: ``t = laps("phase", t)`` logs and records the seconds since ``t``
+    and returns a fresh start time; ``laps.times`` goes into the job's results JSON."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.times: dict[str, float] = {}
+        self._log = logger
+
+    def __call__(self, name: str, t0: float) -> float:
+        self.times[name] = round(time.time() - t0, 1)
+        self._log.info("%s: %.1f s", name, self.times[name])
+        return time.time()

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._job import Laps
 from ..errors import InputError
 from .model import (
     FAKE,
@@ -223,12 +224,8 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
 
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
-    times: dict[str, float] = {}
-
-    def lap(name: str, t: float) -> float:
-        times[name] = round(time.time() - t, 1)
-        log.info("%s: %.1f s", name, times[name])
-        return time.time()
+    lap = Laps(log)
+    times = lap.times
 
     bundle = SceneProof.load(cfg.model)
     data_root = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._job import Laps
 from ..errors import InputError
 from .model import (
     DETECTOR_LAYERS,
@@ -181,12 +182,8 @@ def train_sceneproof(cfg: SceneProofConfig) -> dict[str, Any]:
     cfg.check()
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
-    times: dict[str, float] = {}
-
-    def lap(name: str, t0: float) -> float:
-        times[name] = round(time.time() - t0, 1)
-        log.info("%s: %.1f s", name, times[name])
-        return time.time()
+    lap = Laps(log)
+    times = lap.times
 
     t = time.time()
     train_fs, val_fs, data_info = load_frames(cfg)
