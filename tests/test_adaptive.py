@@ -300,3 +300,16 @@ def test_finetune_with_adversarial_class(digits, surrogate):
     torch.testing.assert_close(ok2, by_hand(digits["net"].model, digits["net"].detect, adv2, yt))
     with pytest.raises(InputError):
         TransferAttack(surrogate, FGSM)  # the class, not an instance
+
+
+def test_adaptive_attacks_reachable_from_safetynet_attacks():
+    """One namespace for every attack: the type-II / adaptive ones resolve lazily to the same objects."""
+    import safetynet.attacks as attacks
+    from safetynet.attacks import adaptive
+
+    for name in ("BPDA", "CodeMatching", "HopSkipJump", "JointPGD", "OrthogonalPGD", "SmoothedTypeII",
+                 "TransferAttack", "Undetected", "sweep"):
+        assert getattr(attacks, name) is getattr(adaptive, name)
+        assert name in dir(attacks)
+    with pytest.raises(AttributeError):
+        attacks.NoSuchAttack  # noqa: B018

@@ -73,3 +73,21 @@ __all__ = [
     "distances",
     "make_attack",
 ]
+
+# Attacks on classifier + detector (type II, adaptive, black box) live in ``safetynet.attacks.adaptive``;
+# they are also reachable here, imported on first use so that ``import safetynet.attacks`` stays
+# light and free of the detector modules they depend on.
+_ADAPTIVE = ("BPDA", "CodeMatching", "HopSkipJump", "JointPGD", "OrthogonalPGD", "SmoothedTypeII", "TransferAttack",
+             "Undetected", "sweep")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ADAPTIVE:
+        from . import adaptive
+
+        return getattr(adaptive, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ADAPTIVE))
