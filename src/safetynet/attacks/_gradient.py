@@ -11,7 +11,7 @@ from torch import nn
 
 from .._validation import check_positive
 from ..errors import InputError
-from .base import Attack, Distance, check_mask_values
+from .base import Attack, Distance, check_mask_values, to_fast_layout
 from .criteria import Criterion
 
 # Guards the division in the L2 step for an all-zero gradient (same constant as torchattacks).
@@ -30,11 +30,6 @@ def loss_classes(criterion: Criterion, attack: str) -> tuple[torch.Tensor, bool]
         raise InputError(f"{attack} needs a criterion that names classes (Misclassification, "
                          "TargetedMisclassification or TopKMisclassification, possibly combined with &)")
     return found
-
-
-def to_fast_layout(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in channels-last memory layout when it is an image batch (same values, faster convs)."""
-    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
 
 
 def ascent_gradient(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, targeted: bool) -> torch.Tensor:
@@ -137,4 +132,4 @@ def kurakin_steps(eps: float) -> int:
     return max(int(min(eps * 255 + 4, 1.25 * eps * 255)), 1) if eps > 0 else 1
 
 
-__all__ = ["IterativeGradientAttack", "ascent_gradient", "check_steps", "kurakin_steps", "loss_classes", "to_fast_layout"]
+__all__ = ["IterativeGradientAttack", "ascent_gradient", "check_steps", "kurakin_steps", "loss_classes"]

@@ -30,6 +30,10 @@ Eps = float | Sequence[float] | None
 __all__ = ["Attack", "AttackResult", "clip_to_ball", "distances"]
 
 
+def to_fast_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last memory layout when it is an image batch (same values, faster convs)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
 class AttackResult(NamedTuple):
     raw: torch.Tensor  # what run() returned: (N, C, H, W), or (K, N, C, H, W) for K epsilons
     clipped: torch.Tensor  # raw clipped to [0, 1] and to the eps ball; same shape as raw
@@ -156,8 +160,7 @@ class Attack(ABC):
                     xc = torch.where(mask.bool(), xc, x)
                 with torch.no_grad():
                     # Channels-last: same logits (to float rounding), about half the CPU time.
-                    xf = xc.contiguous(memory_format=torch.channels_last) if xc.ndim == 4 else xc
-                    ok = criterion(xc, model(xf))
+                    ok = criterion(xc, model(to_fast_layout(xc)))
                 raws.append(raw)
                 clipped.append(xc)
                 success.append(ok)

@@ -8,7 +8,7 @@ from torch import nn
 from .._validation import check_positive
 from ..errors import InputError
 from ._gradient import check_steps
-from .base import Attack, check_mask_values
+from .base import Attack, check_mask_values, to_fast_layout
 from .criteria import Criterion
 
 # Added to the step length (as in the reference implementation) so the linearised boundary is
@@ -97,9 +97,8 @@ class DeepFool(Attack):
         active = torch.arange(n, device=x.device)
         # A channels-last input makes CPU convolutions (forward and input gradient) ~20 % faster
         # (measured on ResNet-20, see benchmarks/README.md) without touching the model.
-        fmt = torch.channels_last if x.ndim == 4 else torch.contiguous_format
         for _ in range(self.steps):
-            xa = x_adv[active].contiguous(memory_format=fmt).requires_grad_(True)
+            xa = to_fast_layout(x_adv[active]).requires_grad_(True)
             logits = model(xa)
             done = criterion.subset(active)(xa.detach(), logits.detach())
             if done.any():
@@ -108,7 +107,7 @@ class DeepFool(Attack):
                     break
                 # A fresh forward pass of the rest costs less than M backward passes through
                 # samples that are already finished.
-                xa = x_adv[active].contiguous(memory_format=fmt).requires_grad_(True)
+                xa = to_fast_layout(x_adv[active]).requires_grad_(True)
                 logits = model(xa)
             r = self._step(xa, logits, excluded[active], cand[active], cand_ok[active],
                            None if mask is None else mask[active])
