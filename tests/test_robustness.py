@@ -167,6 +167,45 @@ def test_run_robustness_end_to_end(digits_checkpoint, tmp_path):
     assert "Det A, L∞ ε=0.2" in report and "type II beats type I" in report
 
 
+def test_run_robustness_several_surrogates(digits_checkpoint, tmp_path):
+    """Each surrogate gets its own transfer rows; the target used as its own surrogate replays white-box BIM."""
+    from safetynet.evaluation.report import read_results_json
+    from safetynet.robustness.run import RobustnessConfig, run_robustness
+    from safetynet.robustness.surrogates import train_surrogate
+
+    other = tmp_path / "other"
+    train_surrogate("smallcnn", 5, dataset="digits", out=other, epochs=3)
+    cfg = RobustnessConfig(model=str(digits_checkpoint), dataset="digits", n=40, n_fit=200, norms=["linf"],
+                           eps_linf=[0.1, 0.2], attacks=["bim", "transfer-bim", "transfer-fgsm"], steps=10,
+                           metzen_epochs=2, surrogate_models=[str(digits_checkpoint), str(other)],
+                           out=str(tmp_path / "run"))
+    res = run_robustness(cfg)
+    tags = list(res["surrogates"])
+    assert tags == ["smallcnn-seed0", "smallcnn-seed5"]
+    for tag in tags:
+        info = res["surrogates"][tag]
+        assert 0.5 < info["attacked_images_accuracy"] <= 1.0 and info["arch"] == "smallcnn"
+    recs = read_results_json(tmp_path / "run" / "results.json")["results"]["records"]
+    keys = {r["attack"] for r in recs}
+    assert keys == {"none", "bim", "transfer-bim@smallcnn-seed0", "transfer-bim@smallcnn-seed5",
+                    "transfer-fgsm@smallcnn-seed0", "transfer-fgsm@smallcnn-seed5"}
+    for eps in (0.1, 0.2):
+        def cell(attack, d="ori", eps=eps):
+            return next(r for r in recs if r["attack"] == attack and r["defence"] == d and r["eps"] == eps)
+        # the target is its own first surrogate: its "transfer" is the white-box BIM, image for image
+        for d in ("ori", "subnet", "det_a", "det_ens"):
+            assert cell("transfer-bim@smallcnn-seed0", d)["misclassified_accepted"] == cell("bim", d)["misclassified_accepted"]
+        # a different network transfers worse than the white box at the same budget
+        assert cell("transfer-bim@smallcnn-seed5")["success"] <= cell("bim")["success"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "GradDesc TF (I) from smallcnn-seed5" in report and "### Transfer surrogates" in report
+
+    with pytest.raises(InputError, match="surrogate checkpoint folder"):
+        RobustnessConfig(surrogate_models=[str(tmp_path / "missing")]).validate()
+    with pytest.raises(InputError, match="not both"):
+        RobustnessConfig(surrogate_models=[str(other)], surrogate_archs=["smallcnn"]).validate()
+
+
 def test_cli_robustness_trains_a_tiny_model_and_reports(tmp_path, capsys):
     from safetynet.cli import main
 
@@ -189,6 +228,12 @@ def test_cli_robustness_errors(tmp_path, capsys):
     assert "--model" in capsys.readouterr().err
     assert main(["robustness", "--attacks", "pgd", "--out", str(tmp_path)]) == 2
     assert "unknown attacks" in capsys.readouterr().err
+    assert main(["robustness", "--surrogate-model", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path)]) == 2
+    assert "surrogate checkpoint folder" in capsys.readouterr().err
+    from safetynet.cli import build_parser
+
+    args = build_parser().parse_args(["robustness", "--surrogate-arch", "resnet20", "vgg"])
+    assert args.surrogate_archs == ["resnet20", "vgg"] and args.surrogate_models is None
     with pytest.raises(SystemExit) as e:
         main(["robustness", "--levels", "3"])
     assert e.value.code == 2

@@ -288,8 +288,11 @@ def _add_robustness(sub: argparse._SubParsersAction) -> None:
                                                            "(default 4; 0: all units)")
     p.add_argument("--levels", type=int, default=None, choices=(2, 4), help="2 = binary codes (default), 4 = quaternary")
     p.add_argument("--metzen-epochs", type=int, default=None, help="default 10")
-    p.add_argument("--surrogate-model", default=None, help="checkpoint of the transfer surrogate (default: train one)")
-    p.add_argument("--surrogate-arch", default=None, help="architecture of a trained surrogate (default: the target's)")
+    p.add_argument("--surrogate-model", dest="surrogate_models", nargs="+", default=None,
+                   help="checkpoint folder(s) of transfer surrogates; each gets its own transfer rows "
+                        "(default: train one)")
+    p.add_argument("--surrogate-arch", dest="surrogate_archs", nargs="+", default=None,
+                   help="architecture(s) of surrogates to train for the run (default: the target's)")
     p.add_argument("--surrogate-epochs", type=int, default=None, help="default 4")
     p.add_argument("--hsja-queries", type=int, default=None, help="HopSkipJump query budget per image (default 1000)")
     p.add_argument("--hsja-steps", type=int, default=None, help="HopSkipJump iterations (default 40)")

@@ -124,7 +124,7 @@ def compute_flags(cfg: Any, ctx: Any, records: Sequence[dict[str, Any]], x: torc
     series: dict[tuple, list[tuple[float, float]]] = {}
     for r in attacked:
         series.setdefault((r["attack"], r["defence"], r["norm"], r["kind"], r["access"]), []).append((r["eps"], r["success"]))
-    from .run import ATTACK_ROWS
+    from .run import base_row
 
     for (attack, dkey, norm, kind, access), pts in sorted(series.items()):
         eps = [p[0] for p in pts]
@@ -133,7 +133,7 @@ def compute_flags(cfg: Any, ctx: Any, records: Sequence[dict[str, Any]], x: torc
         # Monotonicity is owed only where the attack pursues the very goal being scored: an adaptive
         # row against its own defence, or a white-box attack against the bare classifier. A type-I
         # or transfer attack is legitimately caught more often by a detector at larger budgets.
-        if len(pts) > 1 and (ATTACK_ROWS[attack].per_defence or (dkey == "ori" and access == "white")):
+        if len(pts) > 1 and (base_row(attack).per_defence or (dkey == "ori" and access == "white")):
             flags.append(check_monotone_in_eps(eps, succ, tol=0.02, context=ctxd))
         if kind == "II" and dkey != "ori" and access == "white":
             flags.append(check_unbounded_success(eps, succ, context=ctxd))
@@ -142,6 +142,15 @@ def compute_flags(cfg: Any, ctx: Any, records: Sequence[dict[str, Any]], x: torc
 
 
 # ------------------------------------------------------------------------------------ tables
+def _rows(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The attack rows that were run, in order: ``{key: {label, kind, access, ...}}``."""
+    if results.get("rows"):
+        return results["rows"]
+    from .run import ATTACK_ROWS  # results written before per-surrogate rows existed
+
+    return {k: {"label": r.label, "kind": r.kind, "access": r.access} for k, r in ATTACK_ROWS.items()}
+
+
 def _find(records: Sequence[dict], attack: str, defence: str, norm: str | None, eps: float | None) -> dict | None:
     for r in records:
         if r["attack"] == attack and r["defence"] == defence and r["norm"] == norm and (
@@ -152,14 +161,13 @@ def _find(records: Sequence[dict], attack: str, defence: str, norm: str | None, 
 
 def table4_rows(results: dict[str, Any], norm: str, eps: float, positive_class: int | None = None) -> list[dict[str, Any]]:
     """Table-4 rows at one budget: the non-attack row, then one row per attack; cells are rates."""
-    from .run import ATTACK_ROWS
-
+    specs = _rows(results)
     recs = results["records"]
     rows = []
-    keys = ["none"] + [a for a in ATTACK_ROWS if any(r["attack"] == a and r["norm"] == norm for r in recs)]
+    keys = ["none"] + [a for a in specs if any(r["attack"] == a and r["norm"] == norm for r in recs)]
     for a in keys:
-        label = "Non-attack data" if a == "none" else f"{ATTACK_ROWS[a].label}"
-        row: dict[str, Any] = {"method": label, "access": "-" if a == "none" else ATTACK_ROWS[a].access}
+        label = "Non-attack data" if a == "none" else specs[a]["label"]
+        row: dict[str, Any] = {"method": label, "access": "-" if a == "none" else specs[a]["access"]}
         for d, t in DEFENCE_TITLES.items():
             r = _find(recs, a, d, None if a == "none" else norm, None if a == "none" else eps)
             if positive_class is not None:
@@ -181,13 +189,11 @@ def _headline(cfg: Any, results: dict[str, Any], norm: str) -> float:
 
 
 def _curves(results: dict[str, Any], norm: str, defence: str) -> dict[str, tuple[list[float], list[float]]]:
-    from .run import ATTACK_ROWS
-
     series: dict[str, tuple[list[float], list[float]]] = {}
     for r in results["records"]:
         if r["attack"] == "none" or r["norm"] != norm or r["defence"] != defence or r["success"] is None:
             continue
-        s = series.setdefault(ATTACK_ROWS[r["attack"]].label, ([], []))
+        s = series.setdefault(r["label"], ([], []))
         s[0].append(r["eps"])
         s[1].append(r["success"])
     return series
@@ -199,7 +205,6 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
     import dataclasses
 
     from ..evaluation.plots import plot_success_vs_eps
-    from .run import ATTACK_ROWS
 
     out = Path(out)
     write_results_json(out / "results.json", results, config=dataclasses.asdict(cfg))
@@ -257,12 +262,12 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
         eps_all = sorted({r["eps"] for r in results["records"] if r["norm"] == norm and r["eps"] is not None})
         extended = {r["eps"] for r in results["records"] if r["norm"] == norm and r.get("extended")}
         rows = []
-        for a, spec in ATTACK_ROWS.items():
+        for a, spec in _rows(results).items():
             for d, title in DEFENCE_TITLES.items():
                 pts = {r["eps"]: r["success"] for r in results["records"]
                        if r["attack"] == a and r["defence"] == d and r["norm"] == norm}
                 if pts:
-                    row = {"attack": spec.label, "defence": title}
+                    row = {"attack": spec["label"], "defence": title}
                     for e in eps_all:
                         key = f"*{_eps(e)}*" if e in extended else _eps(e)
                         row[key] = pts.get(e)
@@ -297,8 +302,8 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
     tpr_rows = []
     for norm in cfg.norms:
         eps = _headline(cfg, results, norm)
-        for a, spec in ATTACK_ROWS.items():
-            row: dict[str, Any] = {"attack": spec.label, "norm": NORM_TITLES[norm], "ε": _eps(eps)}
+        for a, spec in _rows(results).items():
+            row: dict[str, Any] = {"attack": spec["label"], "norm": NORM_TITLES[norm], "ε": _eps(eps)}
             found = False
             for d in ("subnet", "det_a", "det_ens"):
                 r = _find(results["records"], a, d, norm, eps)
@@ -341,9 +346,14 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
 
     rep.heading("Summary")
     rep.paragraph(_summary(cfg, results))
-    if results.get("surrogate"):
-        s = results["surrogate"]
-        rep.paragraph("Transfer surrogate: " + ", ".join(f"{k} {v}" for k, v in s.items() if v is not None) + ".")
+    if results.get("surrogates"):
+        rep.heading("Transfer surrogates", level=3)
+        rep.paragraph("Black-box rows are crafted on these networks and replayed on the target; *accuracy* is each "
+                      "surrogate's on the attacked test images (the target's: "
+                      f"{_pct(results['clean']['accuracy'])}).")
+        rep.table([{"surrogate": tag, "architecture": s.get("arch"), "seed": s.get("seed"), "epochs": s.get("epochs"),
+                    "accuracy": s.get("attacked_images_accuracy"), "source": s.get("source")}
+                   for tag, s in results["surrogates"].items()], formats={"accuracy": _pct})
     rep.heading("Timings (s)")
     rep.table([{"stage": k, "seconds": v} for k, v in results["timings"].items()], formats={"seconds": "{:.1f}"})
     return rep.write()

@@ -13,7 +13,8 @@ One typed entry point, :func:`run_robustness`, does the whole evaluation (the CL
 3. run every attack family at every budget of each norm against every defence: type-I BIM;
    the paper's smoothed type-II attack (a lambda / sigma sweep, best per image); BPDA;
    orthogonal PGD; code matching; HopSkipJump on the hard-label output (query-counted);
-   transfer attacks from a surrogate (FGSM, BIM, "Finetune TF", "Subnet Det TF"). Type-II
+   transfer attacks from one or more surrogates (FGSM, BIM, "Finetune TF", "Subnet Det TF"; one
+   row per surrogate, keyed ``transfer-bim@<tag>`` when there are several). Type-II
    budgets are extended (doubled) until success reaches 100 % or ``extend_eps`` doublings;
 4. evaluate each result with the *real* defence, run the reliability flags, and write
    ``report.md`` (Table-4 layout), ``results.json`` and ``figures/``.
@@ -41,7 +42,7 @@ from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ATTACK_ROWS", "DEFENCES", "AttackRow", "RobustnessConfig", "default_layers", "run_robustness"]
+__all__ = ["ATTACK_ROWS", "DEFENCES", "AttackRow", "RobustnessConfig", "base_row", "default_layers", "run_robustness"]
 
 #: Defence columns of Table 4, in order.
 DEFENCES = ("ori", "subnet", "det_a", "det_ens")
@@ -60,6 +61,16 @@ class AttackRow:
     norms: tuple[str, ...]
     per_defence: bool  # crafted against each defence (adaptive) or once and replayed on all
     minimisation: bool = False  # runs once without a budget and is clipped to each eps
+    surrogate: str | None = None  # transfer rows: the tag of the surrogate they are crafted on
+
+
+def base_row(key: str) -> AttackRow:
+    """The :data:`ATTACK_ROWS` family of a (possibly per-surrogate, ``family@tag``) row key."""
+    return ATTACK_ROWS[key.split("@", 1)[0]]
+
+
+#: Rows crafted on a surrogate (expanded once per surrogate).
+TRANSFER_ROWS = ("transfer-fgsm", "transfer-bim", "finetune-tf", "subnet-tf")
 
 
 ATTACK_ROWS: dict[str, AttackRow] = {r.key: r for r in (
@@ -101,8 +112,8 @@ class RobustnessConfig:
     pool: int | None = 4  # spatial average pooling of conv maps before quantizing (None: all units)
     levels: int = 2  # 2 = binary codes, 4 = quaternary
     metzen_epochs: int = 10
-    surrogate_model: str | None = None  # checkpoint of the transfer surrogate; None: train one
-    surrogate_arch: str | None = None  # None: the target's architecture (another seed)
+    surrogate_models: list[str] | None = None  # checkpoints of transfer surrogates; None: train them
+    surrogate_archs: list[str] | None = None  # trained surrogates' architectures; None: the target's (another seed)
     surrogate_epochs: int = 4
     hsja_queries: int = 1000  # HopSkipJump query budget per image
     hsja_steps: int = 40
@@ -154,6 +165,23 @@ class RobustnessConfig:
             raise InputError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
         if self.levels not in (2, 4):
             raise InputError(f"levels must be 2 or 4, got {self.levels}")
+        if self.surrogate_models is not None and self.surrogate_archs is not None:
+            raise InputError("give either surrogate_models (checkpoints) or surrogate_archs (train them), not both")
+        for name in ("surrogate_models", "surrogate_archs"):
+            v = getattr(self, name)
+            if v is not None and (not v or not all(isinstance(e, str) and e for e in v)):
+                raise InputError(f"{name} must be a non-empty list of names, got {v!r}")
+        if self.surrogate_models is not None:
+            for m in self.surrogate_models:
+                if not Path(m).is_dir():
+                    raise InputError(f"surrogate checkpoint folder {m} does not exist; give a folder written by "
+                                     "`safetynet train` (model.safetensors + config.json)")
+
+    def surrogate_specs(self) -> list[tuple[str, str]]:
+        """``[(kind, value)]`` per surrogate: ``("model", folder)`` or ``("arch", name)`` (None: the target's)."""
+        if self.surrogate_models is not None:
+            return [("model", m) for m in self.surrogate_models]
+        return [("arch", a) for a in (self.surrogate_archs or [""])]
 
 
 # ------------------------------------------------------------------------------------ set-up
@@ -302,8 +330,8 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
         "subnet": {"layer": layers_a[-1], "epochs": cfg.metzen_epochs, "final_loss": metzen.loss_history_[-1]},
     }
 
-    ctx = _Context(cfg, model, defences, x_nat, y_nat, x_adv_fit, out, arch, timings)
-    rows_wanted = [ATTACK_ROWS[a] for a in cfg.attacks]
+    ctx = _Context(cfg, model, defences, x_nat, y_nat, x_adv_fit, out, arch, timings, xt, yt)
+    rows_wanted = _expand_rows(cfg.attacks, ctx.surrogate_tags)
 
     # -- the non-attack row ------------------------------------------------------------------------
     t0 = time.time()
@@ -364,12 +392,28 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
                   "fit_accuracy": float(ok_fit.float().mean())},
         "fitted": fitted, "records": records, "sweep": sweeps, "queries": queries,
         "flags": [f.as_dict() for f in flags], "timings": timings, "eps": {m: cfg.eps(m) for m in cfg.norms},
-        "surrogate": ctx.surrogate_info,
+        "surrogates": ctx.surrogate_info,
+        "rows": {r.key: {"label": r.label, "kind": r.kind, "access": r.access, "per_defence": r.per_defence,
+                         "surrogate": r.surrogate} for r in rows_wanted},
     }
     results["seconds"] = round(time.time() - t_start, 1)
     write_robustness_report(out, cfg, results)
     log.info("robustness report written to %s in %.0f s", out / "report.md", results["seconds"])
     return results
+
+
+def _expand_rows(attacks: list[str], tags: list[str]) -> list[AttackRow]:
+    """The rows to run: each transfer family once per surrogate (suffixed ``@tag`` when there are several)."""
+    rows = []
+    for a in attacks:
+        row = ATTACK_ROWS[a]
+        if a not in TRANSFER_ROWS:
+            rows.append(row)
+        elif len(tags) == 1:
+            rows.append(dataclasses.replace(row, surrogate=tags[0]))
+        else:
+            rows.extend(dataclasses.replace(row, key=f"{a}@{t}", label=f"{row.label} from {t}", surrogate=t) for t in tags)
+    return rows
 
 
 def _svm_info(net: Any) -> dict[str, Any]:
@@ -403,74 +447,113 @@ def _record(cfg: RobustnessConfig, key: str, label: str, kind: str, access: str,
     return rec
 
 
-class _Context:
-    """What the attack rows share: the defences, the fit data and the (lazily built) surrogates."""
+class _Surrogate:
+    """One transfer surrogate and what is derived from it (built on first use)."""
 
-    def __init__(self, cfg: RobustnessConfig, model: nn.Module, defences: dict[str, _Defence], x_nat: torch.Tensor,
-                 y_nat: torch.Tensor, x_adv_fit: torch.Tensor, out: Path, arch: str | None, timings: dict) -> None:
-        self.cfg, self.model, self.defences = cfg, model, defences
-        self.x_nat, self.y_nat, self.x_adv_fit = x_nat, y_nat, x_adv_fit
-        self.out, self.arch, self.timings = out, arch, timings
-        self._surrogate: nn.Module | None = None
+    def __init__(self, ctx: _Context, tag: str, kind: str, value: str, index: int) -> None:
+        self.ctx, self.tag, self.kind, self.value, self.index = ctx, tag, kind, value, index
+        self._model: nn.Module | None = None
+        self._adv: torch.Tensor | None = None
         self._finetuned: nn.Module | None = None
         self._subnet: Any = None
-        self._surrogate_adv: torch.Tensor | None = None
-        self._ori_cache: dict[tuple[str, float], torch.Tensor] = {}  # CW-PGD on the bare classifier, by (norm, eps)
-        self.surrogate_info: dict[str, Any] = {}
 
-    # -- surrogates (built on first use) ------------------------------------------------------
-    def surrogate(self) -> nn.Module:
-        if self._surrogate is None:
+    def model(self) -> nn.Module:
+        if self._model is None:
             from ..models import load_checkpoint
             from .surrogates import train_surrogate
 
-            cfg = self.cfg
-            if cfg.surrogate_model:
-                model, meta = load_checkpoint(cfg.surrogate_model)
-                self.surrogate_info = {"source": cfg.surrogate_model, "arch": meta.get("model", {}).get("arch")}
+            ctx, cfg = self.ctx, self.ctx.cfg
+            if self.kind == "model":
+                model, meta = load_checkpoint(self.value)
+                tc = meta.get("train_config") or {}
+                info = {"source": self.value, "arch": meta.get("model", {}).get("arch"), "seed": tc.get("seed"),
+                        "epochs": tc.get("epochs"), "test_acc": (meta.get("metrics") or {}).get("test_acc")}
             else:
-                arch = cfg.surrogate_arch or self.arch or "smallcnn"
-                dataset = "cifar10" if cfg.dataset == "cifar10-sample" else cfg.dataset
                 if cfg.dataset == "cifar10-sample":
                     raise InputError("the embedded CIFAR-10 sample has no training split for a surrogate; "
                                      "give --surrogate-model or drop the transfer attacks")
-                model, metrics = train_surrogate(arch, cfg.seed + 1, dataset=dataset, out=self.out / "surrogate",
+                arch = self.value or ctx.arch or "smallcnn"
+                seed = cfg.seed + 1 + self.index
+                sub = "surrogate" if len(ctx.surrogates) == 1 else f"surrogate-{self.tag}"
+                model, metrics = train_surrogate(arch, seed, dataset=cfg.dataset, out=ctx.out / sub,
                                                  epochs=cfg.surrogate_epochs, data_dir=cfg.data_dir, threads=cfg.threads)
-                self.surrogate_info = {"source": "trained for this run", "arch": arch, "seed": cfg.seed + 1,
-                                       "epochs": cfg.surrogate_epochs, "test_acc": metrics.get("test_acc")}
+                info = {"source": "trained for this run", "arch": arch, "seed": seed, "epochs": cfg.surrogate_epochs,
+                        "test_acc": metrics.get("test_acc")}
             model.eval()
             for p in model.parameters():
                 p.requires_grad_(False)
-            self._surrogate = model
-        return self._surrogate
+            # Transfer rates mean little without the surrogate's own accuracy on the attacked images.
+            info["attacked_images_accuracy"] = float((_predict(model, ctx.x_test, cfg.batch_size) == ctx.y_test)
+                                                     .float().mean())
+            ctx.surrogate_info[self.tag] = info
+            self._model = model
+        return self._model
 
-    def _surrogate_adversarials(self) -> torch.Tensor:
-        if self._surrogate_adv is None:
+    def adversarials(self) -> torch.Tensor:
+        if self._adv is None:
             from .surrogates import craft_adversarials
 
-            fit_eps = self.cfg.fit_eps if self.cfg.fit_eps is not None else self.cfg.eps("linf")[len(self.cfg.eps("linf")) // 2]
-            adv, ok = craft_adversarials(self.surrogate(), self.x_nat, self.y_nat, fit_eps, batch_size=self.cfg.batch_size)
+            cfg = self.ctx.cfg
+            fit_eps = cfg.fit_eps if cfg.fit_eps is not None else cfg.eps("linf")[len(cfg.eps("linf")) // 2]
+            adv, ok = craft_adversarials(self.model(), self.ctx.x_nat, self.ctx.y_nat, fit_eps, batch_size=cfg.batch_size)
             if ok.sum() < 10:
-                raise InputError(f"BIM fooled the surrogate on only {int(ok.sum())} fit images; raise fit_eps")
-            self._surrogate_adv = adv[ok]
-        return self._surrogate_adv
+                raise InputError(f"BIM fooled surrogate {self.tag} on only {int(ok.sum())} fit images; raise fit_eps")
+            self._adv = adv[ok]
+        return self._adv
 
     def finetuned(self) -> nn.Module:
         if self._finetuned is None:
             from .surrogates import finetune_with_adversarial_class
 
-            self._finetuned = finetune_with_adversarial_class(self.surrogate(), self.x_nat, self.y_nat,
-                                                              self._surrogate_adversarials(), seed=self.cfg.seed)
+            self._finetuned = finetune_with_adversarial_class(self.model(), self.ctx.x_nat, self.ctx.y_nat,
+                                                              self.adversarials(), seed=self.ctx.cfg.seed)
         return self._finetuned
 
     def subnet(self) -> Any:
         if self._subnet is None:
             from .surrogates import fit_subnet_detector
 
-            layer = default_layers(self.surrogate())[0][-1]
-            self._subnet = fit_subnet_detector(self.surrogate(), self.x_nat, self._surrogate_adversarials(), layer=layer,
-                                               epochs=self.cfg.metzen_epochs, seed=self.cfg.seed)
+            layer = default_layers(self.model())[0][-1]
+            self._subnet = fit_subnet_detector(self.model(), self.ctx.x_nat, self.adversarials(), layer=layer,
+                                               epochs=self.ctx.cfg.metzen_epochs, seed=self.ctx.cfg.seed)
         return self._subnet
+
+
+def _surrogate_tags(cfg: RobustnessConfig, target_arch: str | None) -> list[str]:
+    """Short, unique names for the surrogates: ``<arch>-seed<seed>`` where known, else the folder name."""
+    from ..models.checkpoint import read_checkpoint_config
+
+    tags = []
+    for i, (kind, value) in enumerate(cfg.surrogate_specs()):
+        if kind == "model":
+            meta = read_checkpoint_config(value)
+            arch = (meta.get("model") or {}).get("arch")
+            seed = (meta.get("train_config") or {}).get("seed")
+            tag = f"{arch}-seed{seed}" if arch and seed is not None else Path(value).name
+        else:
+            tag = f"{value or target_arch or 'smallcnn'}-seed{cfg.seed + 1 + i}"
+        while tag in tags:
+            tag += "'"
+        tags.append(tag)
+    return tags
+
+
+class _Context:
+    """What the attack rows share: the defences, the fit data and the (lazily built) surrogates."""
+
+    def __init__(self, cfg: RobustnessConfig, model: nn.Module, defences: dict[str, _Defence], x_nat: torch.Tensor,
+                 y_nat: torch.Tensor, x_adv_fit: torch.Tensor, out: Path, arch: str | None, timings: dict,
+                 x_test: torch.Tensor, y_test: torch.Tensor) -> None:
+        self.cfg, self.model, self.defences = cfg, model, defences
+        self.x_nat, self.y_nat, self.x_adv_fit = x_nat, y_nat, x_adv_fit
+        self.x_test, self.y_test = x_test, y_test
+        self.out, self.arch, self.timings = out, arch, timings
+        self._ori_cache: dict[tuple[str, float], torch.Tensor] = {}  # CW-PGD on the bare classifier, by (norm, eps)
+        self.surrogate_info: dict[str, dict[str, Any]] = {}  # tag -> provenance, filled when a surrogate is built
+        self.surrogate_tags = _surrogate_tags(cfg, arch)
+        self.surrogates: dict[str, _Surrogate] = {}
+        for i, (tag, (kind, value)) in enumerate(zip(self.surrogate_tags, cfg.surrogate_specs())):
+            self.surrogates[tag] = _Surrogate(self, tag, kind, value, i)
 
     # -- attacks ------------------------------------------------------------------------------
     def _white(self, row: AttackRow, dkey: str, norm: str) -> Any:
@@ -511,22 +594,26 @@ class _Context:
 
         cfg = self.cfg
         steps = cfg.steps
+        sur = self.surrogates[row.surrogate] if row.surrogate is not None else None
         base = (BIM(steps=steps, step_size=2.5 * eps / steps) if norm == "linf"
                 else BIML2(steps=steps, step_size=2.5 * eps / steps))
-        if row.key == "bim":
+        family = base_row(row.key).key
+        if family == "bim":
             return base
-        if row.key == "transfer-fgsm":
-            return TransferAttack(self.surrogate(), FGSM())
-        if row.key == "transfer-bim":
-            return TransferAttack(self.surrogate(), base)
-        if row.key == "finetune-tf":
-            ft = self.finetuned()
+        if sur is None:
+            raise InputError(f"row {row.key} needs a surrogate")
+        if family == "transfer-fgsm":
+            return TransferAttack(sur.model(), FGSM())
+        if family == "transfer-bim":
+            return TransferAttack(sur.model(), base)
+        if family == "finetune-tf":
+            ft = sur.finetuned()
             det = ExtraClassDetector(ft)
             return TransferAttack(DropExtraClass(ft), SmoothedTypeII(det, distance=norm, steps=steps, seed=cfg.seed),
                                   surrogate_detector=det)
-        if row.key == "subnet-tf":
-            det = self.subnet()
-            return TransferAttack(self.surrogate(), SmoothedTypeII(det, distance=norm, steps=steps, seed=cfg.seed),
+        if family == "subnet-tf":
+            det = sur.subnet()
+            return TransferAttack(sur.model(), SmoothedTypeII(det, distance=norm, steps=steps, seed=cfg.seed),
                                   surrogate_detector=det)
         raise InputError(f"no shared builder for {row.key}")
 
