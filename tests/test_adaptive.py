@@ -249,6 +249,35 @@ def test_hopskipjump_on_the_defended_output(digits):
     assert ((labels == 10) == torch.from_numpy(net.detect(res.clipped[2]))).all()  # "rejected" is label K
 
 
+# -- masks (SceneProof's depth-only attacks use the same engines) ----------------------------------------
+def test_adaptive_attacks_change_only_the_masked_pixels(digits):
+    """``raw`` (run()'s own output, before the base class re-applies the mask) must already leave
+    the masked-out pixels bit-identical, and the attacks must still succeed inside the mask."""
+    from safetynet.attacks.adaptive import SmoothedTypeII
+
+    net, xt, yt = digits["net"], digits["xt"][:40], digits["yt"][:40]
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 1:7] = 1  # the middle of the digit
+    goal = Misclassification(yt) & Undetected(net)
+    attacks = {
+        "smoothed": (SmoothedTypeII(net, steps=20, mask=mask, random_start=True, seed=0), 0.4),
+        "bpda": (BPDA(net, steps=20, mask=mask), 0.4),
+        "opgd": (OrthogonalPGD(net, steps=20, mask=mask), 0.4),
+        "code-matching": (CodeMatching(net, digits["x"], digits["y"], steps=20, mask=mask), 0.4),
+        "hsja-l2": (HopSkipJump(max_queries=600, steps=20, seed=0, mask=mask), 4.0),
+        "hsja-linf": (HopSkipJump(distance="linf", max_queries=600, steps=20, seed=0, mask=mask), 0.6),
+    }
+    outside = ~mask.bool().expand_as(xt)
+    for name, (attack, eps) in attacks.items():
+        raw, adv, ok = attack(net.model, xt, goal, eps=eps)
+        assert torch.equal(raw[outside], xt[outside]), name
+        assert torch.equal(adv[outside], xt[outside]), name
+        torch.testing.assert_close(ok, by_hand(net.model, net.detect, adv, yt))
+        assert ok.float().mean() > 0.3, (name, ok.float().mean())
+    with pytest.raises(InputError, match="one mask for all images"):
+        HopSkipJump(max_queries=10, mask=torch.ones(2, 1, 8, 8))(net.model, xt[:2], Misclassification(yt[:2]))
+
+
 # -- transfer ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def surrogate(tmp_path_factory):

@@ -34,8 +34,9 @@ import torch
 from torch import nn
 
 from .._validation import check_images, check_positive
+from ..errors import InputError
 from ._gradient import check_steps
-from .base import Attack
+from .base import Attack, check_mask_values
 from .criteria import Criterion
 from .type2 import _check_choice, _check_seed
 from .undetected import criterion_holds
@@ -61,6 +62,8 @@ class HopSkipJump(Attack):
         init_tries (int): start candidates tried per image. (Default: 100)
         seed (int or None): seeds every random draw. (Default: None)
         batch_size (int): images per model call. (Default: 1024)
+        mask (Tensor or None): 0/1, broadcastable to one image or the batch: only elements with
+            1 change (e.g. the depth channel of RGB-D input). (Default: None)
 
     After a call ``queries_`` (int64 (N,)) holds each image's number of queries.
 
@@ -75,7 +78,8 @@ class HopSkipJump(Attack):
 
     def __init__(self, *, distance: str = "l2", max_queries: int = 5000, steps: int = 64, init_evals: int = 100,
                  max_evals: int = 10000, gamma: float = 1.0, starting_points: torch.Tensor | None = None,
-                 init_tries: int = 100, seed: int | None = None, batch_size: int = 1024) -> None:
+                 init_tries: int = 100, seed: int | None = None, batch_size: int = 1024,
+                 mask: torch.Tensor | None = None) -> None:
         self.distance = _check_choice(distance, "distance", ("l2", "linf"))  # type: ignore[misc]
         self.max_queries = check_steps(max_queries, "max_queries")
         self.steps = check_steps(steps)
@@ -86,6 +90,7 @@ class HopSkipJump(Attack):
         self.init_tries = check_steps(init_tries, "init_tries")
         self.seed = _check_seed(seed)
         self.batch_size = check_steps(batch_size, "batch_size")
+        self.mask = check_mask_values(mask)
         self.queries_: torch.Tensor | None = None
 
     # -- the oracle -----------------------------------------------------------------------------
@@ -110,7 +115,8 @@ class HopSkipJump(Attack):
         """The reference ``project``: L2 moves along the segment, L∞ clips into a box of radius alpha."""
         a = alpha.view(-1, 1, 1, 1).to(x.dtype)
         if self.distance == "l2":
-            return (1 - a) * x + a * x_adv
+            # x + a (x_adv - x), not (1 - a) x + a x_adv: pixels where x_adv == x stay bit-identical.
+            return x + a * (x_adv - x)
         return torch.minimum(torch.maximum(x_adv, x - a), x + a)
 
     def _binary_search(self, model, criterion, x, x_adv, idx, theta, count) -> torch.Tensor:
@@ -137,7 +143,22 @@ class HopSkipJump(Attack):
 
     # -- the attack -----------------------------------------------------------------------------
     def run(self, model: nn.Module, x: torch.Tensor, criterion: Criterion, *, eps: float | None) -> torch.Tensor:
-        n, d = len(x), x[0].numel()
+        n = len(x)
+        # With a mask, every probe, start and step lives in the subspace the attack may change,
+        # and the reference's step sizes scale with that subspace's dimension.
+        mask = None
+        if self.mask is not None:
+            m = self.mask.to(x.dtype)
+            if m.ndim == x.ndim:
+                if m.shape[0] != 1:
+                    raise InputError("HopSkipJump takes one mask for all images: give it shape (1, C, H, W) or (1, C, 1, 1)")
+                m = m[0]
+            try:
+                mask = torch.broadcast_to(m, x.shape[1:]).contiguous()
+            except RuntimeError:
+                raise InputError(f"mask of shape {tuple(self.mask.shape)} does not broadcast to one image "
+                                 f"{tuple(x.shape[1:])}; use e.g. (1, C, 1, 1) for a channel mask") from None
+        d = x[0].numel() if mask is None else max(int(mask.sum()), 1)
         gen = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         count = torch.zeros(n, dtype=torch.int64)
         theta = self.gamma / (math.sqrt(d) * d) if self.distance == "l2" else self.gamma / d ** 2
@@ -158,6 +179,8 @@ class HopSkipJump(Attack):
                 cand = x[(need + r + 1) % n]  # another image of the batch, likely of another class
             else:
                 cand = torch.rand(x[need].shape, generator=gen, dtype=x.dtype)
+            if mask is not None:
+                cand = torch.where(mask.bool(), cand, x[need])
             ok = self._query(model, criterion, cand, need, count)
             start[need[ok]] = cand[ok]
             found[need[ok]] = True
@@ -171,11 +194,11 @@ class HopSkipJump(Attack):
             k = todo.nonzero().squeeze(1)
             mid = (high[k] + low[k]) / 2
             a = mid.view(-1, 1, 1, 1).to(x.dtype)
-            ok = self._query(model, criterion, (1 - a) * x[idx[k]] + a * start[idx[k]], idx[k], count)
+            ok = self._query(model, criterion, x[idx[k]] + a * (start[idx[k]] - x[idx[k]]), idx[k], count)
             high[k] = torch.where(ok, mid, high[k])
             low[k] = torch.where(ok, low[k], mid)
         a = high.view(-1, 1, 1, 1).to(x.dtype)
-        x_adv[idx] = (1 - a) * x[idx] + a * start[idx]
+        x_adv[idx] = x[idx] + a * (start[idx] - x[idx])
         x_adv[idx] = self._binary_search(model, criterion, x, x_adv, idx, theta, count)
         dist_post = torch.zeros(n, dtype=torch.float64)
         dist_post[idx] = self._dist(x[idx], x_adv[idx]).double()
@@ -191,7 +214,7 @@ class HopSkipJump(Attack):
             else:
                 factor = math.sqrt(d) if self.distance == "l2" else d
                 delta = factor * theta * dist_post[act]
-            grad = self._estimate_gradient(model, criterion, x_adv, act, evals, delta, gen, count)
+            grad = self._estimate_gradient(model, criterion, x_adv, act, evals, delta, gen, count, mask)
             update = grad.sign() if self.distance == "linf" else grad
             dist = self._dist(x[act], x_adv[act]).double()
             step = dist / math.sqrt(t)
@@ -210,7 +233,7 @@ class HopSkipJump(Attack):
         self.queries_ = count
         return x_adv
 
-    def _estimate_gradient(self, model, criterion, x_adv, act, evals, delta, gen, count) -> torch.Tensor:
+    def _estimate_gradient(self, model, criterion, x_adv, act, evals, delta, gen, count, mask=None) -> torch.Tensor:
         """Monte-Carlo boundary normal at ``x_adv[act]`` from ``evals`` probes each (unit norm per image)."""
         shape = x_adv.shape[1:]
         d = x_adv[0].numel()
@@ -224,6 +247,8 @@ class HopSkipJump(Attack):
                 rv = torch.randn((len(a), evals, *shape), generator=gen, dtype=x_adv.dtype)
             else:
                 rv = torch.rand((len(a), evals, *shape), generator=gen, dtype=x_adv.dtype) * 2 - 1
+            if mask is not None:
+                rv = rv * mask
             rv = rv / rv.flatten(2).norm(dim=2).clamp_min(1e-12).view(len(a), evals, 1, 1, 1)
             dl = delta[s:s + per_chunk].view(-1, 1, 1, 1, 1).to(x_adv.dtype)
             probes = (base[:, None] + dl * rv).clamp(0, 1)  # (m, B, C, H, W)

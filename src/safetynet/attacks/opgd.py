@@ -101,6 +101,10 @@ class OrthogonalPGD(JointPGD):
         if ld is None:
             return gc, logits
         gd = torch.autograd.grad(ld.sum(), xa)[0].to(gc.dtype)
+        if self.mask is not None:
+            # Orthogonalise within the directions the attack may take, or the projection is wasted.
+            m = self.mask.to(device=gc.device, dtype=gc.dtype)
+            gc, gd = gc * m, gd * m
         pred = logits.argmax(1)
         fooled = pred == classes if targeted else pred != classes  # (n,)
         if self.mode == "orthogonal":

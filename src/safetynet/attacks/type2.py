@@ -44,7 +44,7 @@ from torch import nn
 from .._validation import check_positive
 from ..errors import InputError
 from ._gradient import check_steps, loss_classes, project, random_start, step
-from .base import Attack, AttackResult
+from .base import Attack, AttackResult, check_mask_values
 from .criteria import Criterion
 
 __all__ = ["DetectorScore", "ExtraClassScore", "JointPGD", "MetzenScore", "SmoothScore", "SmoothedTypeII",
@@ -302,6 +302,8 @@ class JointPGD(Attack):
         seed (int or None): seeds the random start. (Default: None)
         early_stop (bool): keep each image's first iterate on which the criterion holds
             (checked with the real detector after every step). (Default: True)
+        mask (Tensor or None): 0/1, broadcastable to the images: only elements with 1 change
+            (e.g. ``(1, 4, 1, 1)`` with a 1 on the depth channel of RGB-D input). (Default: None)
     """
 
     requires_eps = True
@@ -310,7 +312,7 @@ class JointPGD(Attack):
                  kappa: float = 0.0, classifier_loss: str = "cw", detector_loss: str = "raw",
                  detector_kappa: float = 0.0, combine: str | None = None, steps: int = 50,
                  step_size: float | None = None, random_start: bool = False, seed: int | None = None,
-                 early_stop: bool = True) -> None:
+                 early_stop: bool = True, mask: torch.Tensor | None = None) -> None:
         if score is not None and not isinstance(score, DetectorScore):
             raise InputError(f"score must be a DetectorScore or None, got {type(score).__name__}")
         self.score = score
@@ -329,6 +331,7 @@ class JointPGD(Attack):
         self.random_start = random_start
         self.seed = _check_seed(seed)
         self.early_stop = early_stop
+        self.mask = check_mask_values(mask)
 
     # -- pieces subclasses may change -----------------------------------------------------------
     def _combine(self) -> str:
@@ -375,10 +378,11 @@ class JointPGD(Attack):
             raise InputError(f"{type(self).__name__} needs eps=")
         classes, targeted = loss_classes(criterion, type(self).__name__)
         alpha = self.step_size if self.step_size is not None else 2.5 * eps / self.steps
+        mask = None if self.mask is None else self.mask.to(device=x.device, dtype=x.dtype)
         x_adv = x.clone()
         if self.random_start:
             gen = None if self.seed is None else torch.Generator().manual_seed(self.seed)
-            x_adv = random_start(x, eps, self.distance, None, gen)
+            x_adv = random_start(x, eps, self.distance, mask, gen)
         state = self._prepare(model, x, classes, targeted)
         done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for it in range(self.steps + 1):
@@ -401,7 +405,7 @@ class JointPGD(Attack):
             sel = idx[keep]
             grad = torch.nan_to_num(grad[keep])
             # step() ascends; we descend the loss.
-            x_adv[sel] = project(x[sel], step(xa.detach()[keep], -grad, alpha, self.distance, None), eps, self.distance)
+            x_adv[sel] = project(x[sel], step(xa.detach()[keep], -grad, alpha, self.distance, mask), eps, self.distance)
         return x_adv
 
 
