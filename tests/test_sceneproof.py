@@ -262,6 +262,31 @@ def test_bundle_load_errors(tmp_path, tiny_bundle):
         SceneProof.load(tmp_path)
 
 
+def test_robustness_job_on_a_sceneproof_bundle_attacks_only_depth(tmp_path):
+    """`safetynet robustness --dataset sceneproof`: Table 4 with F→T / T->F, every attack depth-only."""
+    from safetynet.robustness.run import RobustnessConfig, run_robustness
+
+    # A little more training than the tiny bundle, whose one-epoch classifier calls every patch fake.
+    out = tmp_path / "bundle"
+    train_sceneproof(SceneProofConfig(out=str(out), seed=0, **{**TINY, "epochs": 4, "real_patches": 128,
+                                                                 "fake_patches": 128, "width": 8}))
+    cfg = RobustnessConfig(model=str(out), dataset="sceneproof", n=16, n_fit=80, norms=["linf", "l2"],
+                           eps_linf=[0.1], eps_l2=[2.0], attacks=["bim", "bpda", "opgd", "hsja", "transfer-bim"],
+                           steps=4, hsja_queries=60, hsja_steps=3, metzen_epochs=1, extend_eps=0,
+                           out=str(tmp_path / "report"))
+    res = run_robustness(cfg)
+    recs = [r for r in res["records"] if r["attack"] != "none"]
+    assert {r["attack"] for r in recs} == {"bim", "bpda", "opgd", "hsja", "transfer-bim"}
+    assert all(r["outside_mask_unchanged"] is True for r in recs)
+    assert all("F->T" in r and "T->F" in r for r in res["records"])
+    assert res["perturbed"] == "depth channel only" and list(res["surrogates"]) == ["bundle-surrogate"]
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Det A F→T" in report and "changes only the depth channel" in report
+    # the white-box type-I attack fools the bare classifier on most patches within this budget
+    bim = next(r for r in recs if r["attack"] == "bim" and r["defence"] == "ori" and r["norm"] == "linf")
+    assert bim["success"] > 0.5
+
+
 def test_evaluate_tiny_writes_tables(tiny_bundle, tmp_path):
     from safetynet.sceneproof.evaluate import EvaluateConfig, evaluate_sceneproof
 

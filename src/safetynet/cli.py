@@ -264,9 +264,12 @@ def _run_sceneproof(args: argparse.Namespace) -> int:
 def _add_robustness(sub: argparse._SubParsersAction) -> None:
     # Defaults are None: RobustnessConfig (safetynet.robustness.run) holds the real ones.
     p = sub.add_parser("robustness", help="attack the detectors (type I/II, adaptive, black box) and write a Table-4 report")
-    p.add_argument("--model", default=None, help="classifier checkpoint folder or shipped name (digits: default trains a tiny one)")
-    p.add_argument("--dataset", default=None, help="digits (default) | cifar10 | cifar10-sample")
-    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (for --dataset cifar10)")
+    p.add_argument("--model", default=None, help="classifier checkpoint folder or shipped name (digits: default trains "
+                                                 "a tiny one; sceneproof: a bundle folder, default the shipped one)")
+    p.add_argument("--dataset", default=None, help="digits (default) | cifar10 | cifar10-sample | sceneproof "
+                                                   "(RGB-D patches, depth-only attacks)")
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (cifar10); the data root holding rgbd/ (sceneproof, "
+                                                    "default ../shared/data)")
     p.add_argument("--n", type=int, default=None, help="first N test images are attacked (default 100)")
     p.add_argument("--n-fit", type=int, default=None, help="training images to fit the detectors on (default 600)")
     p.add_argument("--norms", nargs="+", default=None, help="linf and/or l2 (default both)")

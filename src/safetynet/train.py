@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._io import atomic_path
-from .train_config import TrainConfig
+from ._schedule import one_cycle
 from .data import ImageSet, load_dataset
 from .errors import CheckpointError, InputError
 from .models import build_model, save_checkpoint
 from .progress import progress
+from .train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def train(cfg: TrainConfig) -> dict:
     model = model.to(memory_format=memory_format)
     opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
+    sched = one_cycle(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup_fraction,
         div_factor=10.0, final_div_factor=100.0, anneal_strategy="cos", cycle_momentum=False)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -5,7 +5,11 @@ One typed entry point, :func:`run_robustness`, does the whole evaluation (the CL
 
 1. load the classifier (or, for ``dataset="digits"`` without a model, train a tiny one);
    natural *fit* images = a seeded subset of the training split the classifier gets right;
-   *test* images = the first ``n`` images of the test split, unshuffled (RobustBench's rule);
+   *test* images = the first ``n`` images of the test split, unshuffled (RobustBench's rule).
+   ``dataset="sceneproof"`` attacks a SceneProof bundle's RGB-D classifier instead: its
+   validation patches (real and the four training fake kinds), a stratified ``n`` attacked and
+   ``n_fit`` others to fit on; every attack then changes **only the depth channel** (the
+   paper's threat model) and the tables add the paper's F→T / T→F ("true" = real);
 2. fit the defences on natural vs BIM-L∞ (type-I) adversarials of the fit images:
    **Subnet Det** (Metzen et al.'s subnetwork), **Det A** (SafetyNet on one layer) and
    **Det ensemble** (SafetyNet on several layers, rejecting when any fires; the paper's Det ABC);
@@ -89,19 +93,22 @@ ATTACK_ROWS: dict[str, AttackRow] = {r.key: r for r in (
 _EPS_DEFAULTS = {
     "digits": {"linf": [0.05, 0.1, 0.2], "l2": [0.5, 1.0, 2.0]},
     "cifar10": {"linf": [2 / 255, 4 / 255, 8 / 255], "l2": [0.25, 0.5, 1.0]},
+    # SceneProof: budgets on the encoded depth channel only (the bundle's own attacks use 0.03).
+    "sceneproof": {"linf": [0.015, 0.03, 0.06], "l2": [0.5, 1.0, 2.0]},
 }
+DATASETS = ("digits", "cifar10", "cifar10-sample", "sceneproof")
 
 
 @dataclass
 class RobustnessConfig:
-    model: str | None = None  # checkpoint folder or shipped name; None with digits: train a tiny SmallCNN
-    dataset: str = "digits"  # digits | cifar10 | cifar10-sample
-    data_dir: str | None = None  # CIFAR-10 folder
+    model: str | None = None  # checkpoint folder or shipped name; None: digits trains a tiny SmallCNN, sceneproof the shipped bundle
+    dataset: str = "digits"  # digits | cifar10 | cifar10-sample | sceneproof
+    data_dir: str | None = None  # CIFAR-10 folder; sceneproof: the data root holding rgbd/ (default ../shared/data)
     n: int = 100  # first n test images, unshuffled, are attacked
     n_fit: int = 600  # training images (seeded subset) to fit the detectors on
     norms: list[str] = field(default_factory=lambda: ["linf", "l2"])
-    eps_linf: list[float] | None = None  # None: digits 0.05/0.1/0.2, CIFAR-10 2/4/8 / 255
-    eps_l2: list[float] | None = None  # None: digits 0.5/1/2, CIFAR-10 0.25/0.5/1
+    eps_linf: list[float] | None = None  # None: digits 0.05/0.1/0.2, CIFAR-10 2/4/8 / 255, sceneproof 0.015/0.03/0.06
+    eps_l2: list[float] | None = None  # None: digits 0.5/1/2, CIFAR-10 0.25/0.5/1, sceneproof 0.5/1/2
     attacks: list[str] = field(default_factory=lambda: list(ATTACK_ROWS))
     sharpness: list[float] = field(default_factory=lambda: [1.0, 10.0, 100.0])  # lambda sweep (type2)
     gamma_scale: list[float] = field(default_factory=lambda: [1.0, 0.1])  # RBF gamma multipliers (sigma sweep)
@@ -130,13 +137,13 @@ class RobustnessConfig:
         given = self.eps_linf if norm == "linf" else self.eps_l2
         if given is not None:
             return sorted(float(e) for e in given)
-        key = "digits" if self.dataset == "digits" else "cifar10"
+        key = "cifar10" if self.dataset.startswith("cifar10") else self.dataset
         return list(_EPS_DEFAULTS[key][norm])
 
     def validate(self) -> None:
-        if self.dataset not in ("digits", "cifar10", "cifar10-sample"):
-            raise InputError(f"dataset must be digits, cifar10 or cifar10-sample, got {self.dataset!r}")
-        if self.model is None and self.dataset != "digits":
+        if self.dataset not in DATASETS:
+            raise InputError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if self.model is None and self.dataset not in ("digits", "sceneproof"):
             raise InputError(f"give --model (a checkpoint folder) for {self.dataset}; only digits trains its own tiny model")
         for name in ("n", "n_fit", "steps", "metzen_epochs", "surrogate_epochs", "hsja_queries", "hsja_steps",
                      "batch_size", "threads"):
@@ -171,6 +178,8 @@ class RobustnessConfig:
             v = getattr(self, name)
             if v is not None and (not v or not all(isinstance(e, str) and e for e in v)):
                 raise InputError(f"{name} must be a non-empty list of names, got {v!r}")
+        if self.dataset == "sceneproof" and self.surrogate_archs is not None:
+            raise InputError("sceneproof cannot train surrogates here; give --surrogate-model (or none: the bundle's)")
         if self.surrogate_models is not None:
             for m in self.surrogate_models:
                 if not Path(m).is_dir():
@@ -224,6 +233,39 @@ def _load_data(cfg: RobustnessConfig) -> tuple[torch.Tensor, torch.Tensor, torch
     fit = torch.randperm(len(train), generator=g)[:cfg.n_fit]
     return (train.images_u8[fit].float() / 255, train.labels[fit], test.images_u8[:cfg.n].float() / 255,
             test.labels[:cfg.n], {"fit": f"{cfg.n_fit} seeded train images", "test": f"first {cfg.n} test images"})
+
+
+def _load_sceneproof(cfg: RobustnessConfig) -> tuple[nn.Module, str, nn.Module | None, tuple]:
+    """(classifier, description, the bundle's transfer surrogate or None, (fit x/y, test x/y, provenance)).
+
+    Patches of the bundle's *validation* frames (never its training frames, never held-out
+    captures): real and the four training fake kinds, cut on the bundle's grid. ``n`` attacked
+    patches are drawn stratified (half real, the rest spread over the fake kinds), ``n_fit``
+    others fit the defences.
+    """
+    from ..sceneproof.evaluate import _frames_from_config, _stratified
+    from ..sceneproof.model import PatchSet, SceneProof, default_model_dir, evaluation_patches
+    from ..sceneproof.train import TRAIN_KINDS
+
+    bundle = SceneProof.load(cfg.model)
+    val_fs, _ = _frames_from_config(bundle, cfg.data_dir)
+    seed = int(bundle.settings["training"]["config"]["seed"]) + 7  # the evaluate job's patch seed
+    sets = evaluation_patches(val_fs, TRAIN_KINDS, seed=seed, patch=bundle.patch, stride=bundle.stride,
+                              predictor=bundle.depth_regressor)
+    nat = PatchSet.concat([v[0] for v in sets.values()])
+    rng = np.random.default_rng(cfg.seed)
+    test = _stratified(nat, cfg.n, rng)
+    rest = np.setdiff1d(np.arange(len(nat)), test)
+    if cfg.n_fit > len(rest):
+        raise InputError(f"n_fit={cfg.n_fit} exceeds the {len(rest)} validation patches left after the n attacked ones")
+    fit = np.sort(rng.choice(rest, size=cfg.n_fit, replace=False))
+    ti, fi = torch.as_tensor(test), torch.as_tensor(fit)
+    source = str(bundle.directory or cfg.model or default_model_dir())
+    counts = {k: int((nat.kind[test] == k).sum()) for k in sets}
+    prov = {"fit": f"{cfg.n_fit} validation patches ({len(val_fs)} validation frames)",
+            "test": f"{len(test)} validation patches, stratified: " + ", ".join(f"{k} {v}" for k, v in counts.items())}
+    return (bundle.model.eval(), f"SceneProof bundle {source}", bundle.surrogate,
+            (nat.images(fi), nat.y[fi], nat.images(ti), nat.y[ti], prov))
 
 
 def _classifier(cfg: RobustnessConfig, out: Path) -> tuple[nn.Module, str, str | None]:
@@ -295,10 +337,21 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
         timings[name] = round(timings.get(name, 0.0) + time.time() - t0, 2)
 
     t0 = time.time()
-    model, model_source, arch = _classifier(cfg, out)
+    mask: torch.Tensor | None = None
+    bundle_surrogate: nn.Module | None = None
+    if cfg.dataset == "sceneproof":
+        from ..sceneproof.attacks import depth_mask
+        from ..sceneproof.model import REAL
+
+        if cfg.positive_class is None:
+            cfg = dataclasses.replace(cfg, positive_class=REAL)  # the paper's "true" is a real capture
+        model, model_source, bundle_surrogate, (xf, yf, xt, yt, provenance) = _load_sceneproof(cfg)
+        arch, mask = "sceneproof", depth_mask(xt.shape[1])
+    else:
+        model, model_source, arch = _classifier(cfg, out)
+        xf, yf, xt, yt, provenance = _load_data(cfg)
     for p in model.parameters():
         p.requires_grad_(False)
-    xf, yf, xt, yt, provenance = _load_data(cfg)
     ok_fit = _predict(model, xf, cfg.batch_size) == yf
     clean_pred = _predict(model, xt, cfg.batch_size)
     x_nat, y_nat = xf[ok_fit], yf[ok_fit]
@@ -310,7 +363,7 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
 
     # -- defences: fit on natural vs type-I (BIM-L∞) adversarials of the fit images ------------
     t0 = time.time()
-    _, x_fit_adv, fit_ok = BIM(steps=10, step_size=2.5 * fit_eps / 10)(model, x_nat, y_nat, eps=fit_eps)
+    _, x_fit_adv, fit_ok = BIM(steps=10, step_size=2.5 * fit_eps / 10, mask=mask)(model, x_nat, y_nat, eps=fit_eps)
     x_adv_fit = x_fit_adv[fit_ok]
     if len(x_adv_fit) < 10:
         raise InputError(f"BIM at fit_eps={fit_eps:g} fooled only {len(x_adv_fit)} fit images; raise fit_eps or n_fit")
@@ -330,7 +383,8 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
         "subnet": {"layer": layers_a[-1], "epochs": cfg.metzen_epochs, "final_loss": metzen.loss_history_[-1]},
     }
 
-    ctx = _Context(cfg, model, defences, x_nat, y_nat, x_adv_fit, out, arch, timings, xt, yt)
+    ctx = _Context(cfg, model, defences, x_nat, y_nat, x_adv_fit, out, arch, timings, xt, yt, mask=mask,
+                   bundle_surrogate=bundle_surrogate)
     rows_wanted = _expand_rows(cfg.attacks, ctx.surrogate_tags)
 
     # -- the non-attack row ------------------------------------------------------------------------
@@ -361,6 +415,11 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
                     if res is None:
                         continue
                     adv, extra = res
+                    if mask is not None:
+                        # The threat model, checked on every result: nothing outside the mask moved.
+                        extra = {**extra, "outside_mask_unchanged": bool(torch.equal(torch.where(mask.bool(), xt, adv), xt))}
+                        if not extra["outside_mask_unchanged"]:
+                            log.warning("%s (%s, eps=%g, %s) changed pixels outside the attack mask", row.key, norm, eps, dkey)
                     pred, rej, score = defences[dkey].evaluate(adv, cfg.batch_size)
                     records.append(_record(cfg, row.key, row.label, row.kind, row.access, norm, eps, dkey, yt, clean_pred,
                                            pred, rej, score, natural_scores.get(dkey), extensions > 0, extra))
@@ -369,7 +428,8 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
                 if not eps_queue and row.kind == "II" and row.per_defence and extensions < cfg.extend_eps:
                     worst = min((r["success"] for r in records if r["attack"] == row.key and r["norm"] == norm
                                  and r["eps"] == eps and r["defence"] != "ori" and r["success"] is not None), default=1.0)
-                    cap = 1.0 if norm == "linf" else math.sqrt(xt[0].numel())
+                    free = xt[0].numel() if mask is None else int(torch.broadcast_to(mask, (1, *xt.shape[1:])).sum())
+                    cap = 1.0 if norm == "linf" else math.sqrt(free)
                     if worst < 1.0 and eps < cap:
                         eps_queue.append(min(2 * eps, cap))
                         extensions += 1
@@ -388,6 +448,7 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = {
         "model": model_source, "dataset": cfg.dataset, "provenance": provenance,
+        "perturbed": "depth channel only" if mask is not None else "all pixels",
         "clean": {"n": len(yt), "accuracy": float((clean_pred == yt).float().mean()),
                   "fit_accuracy": float(ok_fit.float().mean())},
         "fitted": fitted, "records": records, "sweep": sweeps, "queries": queries,
@@ -463,7 +524,10 @@ class _Surrogate:
             from .surrogates import train_surrogate
 
             ctx, cfg = self.ctx, self.ctx.cfg
-            if self.kind == "model":
+            if self.kind == "bundle":
+                model = ctx.bundle_surrogate
+                info = {"source": "the SceneProof bundle's surrogate", "arch": type(model).__name__}
+            elif self.kind == "model":
                 model, meta = load_checkpoint(self.value)
                 tc = meta.get("train_config") or {}
                 info = {"source": self.value, "arch": meta.get("model", {}).get("arch"), "seed": tc.get("seed"),
@@ -495,7 +559,8 @@ class _Surrogate:
 
             cfg = self.ctx.cfg
             fit_eps = cfg.fit_eps if cfg.fit_eps is not None else cfg.eps("linf")[len(cfg.eps("linf")) // 2]
-            adv, ok = craft_adversarials(self.model(), self.ctx.x_nat, self.ctx.y_nat, fit_eps, batch_size=cfg.batch_size)
+            adv, ok = craft_adversarials(self.model(), self.ctx.x_nat, self.ctx.y_nat, fit_eps, batch_size=cfg.batch_size,
+                                         mask=self.ctx.mask)
             if ok.sum() < 10:
                 raise InputError(f"BIM fooled surrogate {self.tag} on only {int(ok.sum())} fit images; raise fit_eps")
             self._adv = adv[ok]
@@ -519,13 +584,15 @@ class _Surrogate:
         return self._subnet
 
 
-def _surrogate_tags(cfg: RobustnessConfig, target_arch: str | None) -> list[str]:
+def _surrogate_tags(cfg: RobustnessConfig, target_arch: str | None, specs: list[tuple[str, str]]) -> list[str]:
     """Short, unique names for the surrogates: ``<arch>-seed<seed>`` where known, else the folder name."""
     from ..models.checkpoint import read_checkpoint_config
 
     tags = []
-    for i, (kind, value) in enumerate(cfg.surrogate_specs()):
-        if kind == "model":
+    for i, (kind, value) in enumerate(specs):
+        if kind == "bundle":
+            tag = "bundle-surrogate"
+        elif kind == "model":
             meta = read_checkpoint_config(value)
             arch = (meta.get("model") or {}).get("arch")
             seed = (meta.get("train_config") or {}).get("seed")
@@ -543,16 +610,22 @@ class _Context:
 
     def __init__(self, cfg: RobustnessConfig, model: nn.Module, defences: dict[str, _Defence], x_nat: torch.Tensor,
                  y_nat: torch.Tensor, x_adv_fit: torch.Tensor, out: Path, arch: str | None, timings: dict,
-                 x_test: torch.Tensor, y_test: torch.Tensor) -> None:
+                 x_test: torch.Tensor, y_test: torch.Tensor, *, mask: torch.Tensor | None = None,
+                 bundle_surrogate: nn.Module | None = None) -> None:
         self.cfg, self.model, self.defences = cfg, model, defences
         self.x_nat, self.y_nat, self.x_adv_fit = x_nat, y_nat, x_adv_fit
         self.x_test, self.y_test = x_test, y_test
         self.out, self.arch, self.timings = out, arch, timings
         self._ori_cache: dict[tuple[str, float], torch.Tensor] = {}  # CW-PGD on the bare classifier, by (norm, eps)
         self.surrogate_info: dict[str, dict[str, Any]] = {}  # tag -> provenance, filled when a surrogate is built
-        self.surrogate_tags = _surrogate_tags(cfg, arch)
+        self.mask = mask  # 0/1, where the attacks may change the input (SceneProof: the depth channel); None: everywhere
+        self.bundle_surrogate = bundle_surrogate
+        specs = cfg.surrogate_specs()
+        if bundle_surrogate is not None and cfg.surrogate_models is None and cfg.surrogate_archs is None:
+            specs = [("bundle", "")]  # the surrogate shipped with the SceneProof bundle
+        self.surrogate_tags = _surrogate_tags(cfg, arch, specs)
         self.surrogates: dict[str, _Surrogate] = {}
-        for i, (tag, (kind, value)) in enumerate(zip(self.surrogate_tags, cfg.surrogate_specs())):
+        for i, (tag, (kind, value)) in enumerate(zip(self.surrogate_tags, specs)):
             self.surrogates[tag] = _Surrogate(self, tag, kind, value, i)
 
     # -- attacks ------------------------------------------------------------------------------
@@ -568,7 +641,7 @@ class _Context:
 
         cfg = self.cfg
         det = self.defences[dkey].detector
-        kw = {"distance": norm, "steps": cfg.steps, "seed": cfg.seed}
+        kw = {"distance": norm, "steps": cfg.steps, "seed": cfg.seed, "mask": self.mask}
         if det is None:
             # Against the bare classifier every adaptive attack is the same CW-PGD.
             return None if row.key == "code-matching" else JointPGD(None, **kw)
@@ -595,25 +668,26 @@ class _Context:
         cfg = self.cfg
         steps = cfg.steps
         sur = self.surrogates[row.surrogate] if row.surrogate is not None else None
-        base = (BIM(steps=steps, step_size=2.5 * eps / steps) if norm == "linf"
-                else BIML2(steps=steps, step_size=2.5 * eps / steps))
+        mask = self.mask
+        base = (BIM(steps=steps, step_size=2.5 * eps / steps, mask=mask) if norm == "linf"
+                else BIML2(steps=steps, step_size=2.5 * eps / steps, mask=mask))
         family = base_row(row.key).key
         if family == "bim":
             return base
         if sur is None:
             raise InputError(f"row {row.key} needs a surrogate")
         if family == "transfer-fgsm":
-            return TransferAttack(sur.model(), FGSM())
+            return TransferAttack(sur.model(), FGSM(mask=mask))
         if family == "transfer-bim":
             return TransferAttack(sur.model(), base)
         if family == "finetune-tf":
             ft = sur.finetuned()
             det = ExtraClassDetector(ft)
-            return TransferAttack(DropExtraClass(ft), SmoothedTypeII(det, distance=norm, steps=steps, seed=cfg.seed),
+            return TransferAttack(DropExtraClass(ft), SmoothedTypeII(det, distance=norm, steps=steps, seed=cfg.seed, mask=mask),
                                   surrogate_detector=det)
         if family == "subnet-tf":
             det = sur.subnet()
-            return TransferAttack(sur.model(), SmoothedTypeII(det, distance=norm, steps=steps, seed=cfg.seed),
+            return TransferAttack(sur.model(), SmoothedTypeII(det, distance=norm, steps=steps, seed=cfg.seed, mask=mask),
                                   surrogate_detector=det)
         raise InputError(f"no shared builder for {row.key}")
 
@@ -637,7 +711,7 @@ class _Context:
             if row.minimisation:  # HopSkipJump: one unbounded run per defence, clipped to each eps
                 if dkey not in hsja_cache["raw"]:
                     attack = HopSkipJump(distance=norm, max_queries=cfg.hsja_queries, steps=cfg.hsja_steps, seed=cfg.seed,
-                                         batch_size=max(cfg.batch_size, 1024))
+                                         batch_size=max(cfg.batch_size, 1024), mask=self.mask)
                     raws, qs = [], []
                     for i in range(0, len(x), cfg.batch_size):
                         raws.append(attack(self.model, x[i:i + cfg.batch_size], d.criterion(y[i:i + cfg.batch_size])).raw)
@@ -653,7 +727,8 @@ class _Context:
                 for i in range(0, len(x), cfg.batch_size):
                     xb, yb = x[i:i + cfg.batch_size], y[i:i + cfg.batch_size]
                     res = sweep(d.detector, self.model, xb, d.criterion(yb), eps=eps, sharpness=cfg.sharpness,
-                                gamma_scale=cfg.gamma_scale, distance=norm, steps=cfg.steps, seed=cfg.seed)
+                                gamma_scale=cfg.gamma_scale, distance=norm, steps=cfg.steps, seed=cfg.seed,
+                                mask=self.mask)
                     advs.append(res.best.clipped)
                     per_setting.append(res.per_setting_success)
                     settings = res.settings

@@ -66,11 +66,11 @@ def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
 
 
 def craft_adversarials(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int = 10,
-                       batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """BIM-L∞ adversarials of ``x`` on ``model``; returns ``(clipped images, success mask)``."""
+                       batch_size: int = 256, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BIM-L∞ adversarials of ``x`` on ``model`` (changing only where ``mask`` is 1); returns ``(clipped images, success)``."""
     from ..attacks import BIM
 
-    attack = BIM(steps=steps, step_size=2.5 * eps / steps)
+    attack = BIM(steps=steps, step_size=2.5 * eps / steps, mask=mask)
     advs, oks = [], []
     for i in range(0, len(x), batch_size):
         _, adv, ok = attack(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps)

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .._io import atomic_path
+from .._schedule import one_cycle
 from .._validation import check_images
 from ..data.rgbd.frame import RGBDFrame, resize_rgbd, stack_frames
 from ..errors import CheckpointError, InputError
@@ -129,7 +130,7 @@ def train_depth_regressor(frames: Sequence[RGBDFrame] | tuple[torch.Tensor, torc
     model = DepthRegressor(width=width, levels=levels, max_depth=max_depth)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * -(-image.shape[0] // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+    sched = one_cycle(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
     history: list[float] = []
     model.train()
     for epoch in range(epochs):

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from .._io import write_json_atomic
+from .._schedule import one_cycle
 from ..data.rgbd.frame import RGBDFrame, stack_frames
 from ..errors import CheckpointError, InputError
 from .fakes import insert_region_boxes, make_fakes
@@ -428,7 +429,7 @@ def train_classifier(model: nn.Module, data: PatchSet, *, epochs: int, seed: int
     opt = (torch.optim.AdamW(groups, lr=lr) if optimizer == "adamw"
            else torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True))
     steps = epochs * -(-len(data) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.25)
+    sched = one_cycle(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
     history = []
     model.train()
     for epoch in range(epochs):
