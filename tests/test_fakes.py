@@ -324,3 +324,30 @@ def test_augment_real_keeps_depth_values(batch):
     assert all(torch.equal(a, b) for a, b in zip((img, dep, val), again))
     plain = augment_real(*batch, seed=1, flip=False, brightness=0, contrast=0, saturation=0, gamma=0)
     assert torch.allclose(plain[0], image, atol=1e-6) and torch.equal(plain[1], depth)
+
+
+def test_sensor_holes_only_remove_readings_and_shadow_depth_edges(batch):
+    from safetynet.sceneproof.patches import sensor_holes
+
+    _, depth, valid = batch
+    dep, val = sensor_holes(depth, valid, seed=3, p=1.0)
+    assert dep.shape == depth.shape and val.dtype == torch.bool
+    assert not (val & ~valid).any()  # never invents a reading
+    assert torch.equal(dep, depth * val)  # kept readings keep their values, dropped ones are 0
+    assert (val.sum((1, 2, 3)) < valid.sum((1, 2, 3))).all()  # p=1: every frame loses some
+    again = sensor_holes(depth, valid, seed=3, p=1.0)
+    assert torch.equal(again[0], dep) and torch.equal(again[1], val)
+    assert not torch.equal(sensor_holes(depth, valid, seed=4, p=1.0)[1], val)
+    d0, v0 = sensor_holes(depth, valid, seed=3, p=0.0)
+    assert torch.equal(v0, valid) and torch.equal(d0, depth * valid)
+
+    # a depth step (1 m | 3 m): with blobs and speckle off, only a band around the step goes
+    step = torch.ones(6, 1, 20, 30)
+    step[..., 15:] = 3.0
+    ones = torch.ones_like(step, dtype=torch.bool)
+    _, v = sensor_holes(step, ones, seed=0, p=1.0, max_blobs=0, max_speckle=0.0, max_edge_width=3)
+    lost = ~v
+    assert not lost[..., :11].any() and not lost[..., 19:].any()  # nothing far from the step
+    assert lost[..., 14:16].any()  # and the step itself is shadowed in some frame
+    with pytest.raises(InputError, match="p must be"):
+        sensor_holes(depth, valid, p=1.5)

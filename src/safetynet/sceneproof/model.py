@@ -45,7 +45,7 @@ from .._schedule import one_cycle
 from ..data.rgbd.frame import RGBDFrame, stack_frames
 from ..errors import CheckpointError, InputError
 from .fakes import insert_region_boxes, make_fakes
-from .patches import augment_real, patch_positions, to_network_input
+from .patches import augment_real, patch_positions, sensor_holes, to_network_input
 
 REAL, FAKE = 1, 0
 CLASSES = ("fake", "real")
@@ -356,12 +356,15 @@ def _patchset(x: torch.Tensor, label: int, kind: str, scenes: Sequence[str], idx
 
 
 def training_patches(frames: FrameSet, n_real: int, n_fake: int, kinds: Sequence[str], *, seed: int,
-                     patch: int = DEFAULT_PATCH, rounds: int = 2, predictor: Callable | None = None) -> PatchSet:
+                     patch: int = DEFAULT_PATCH, rounds: int = 2, predictor: Callable | None = None,
+                     holes: float = 0.0) -> PatchSet:
     """Random patches of augmented real frames and of fakes made from them (see the module docstring).
 
     Each of ``rounds`` passes augments every frame (flips, photometric jitter), cuts
     ``n_real / rounds`` real patches and ``n_fake / (rounds * len(kinds))`` patches of each fake
-    kind; frames are drawn with :func:`frame_weights`.
+    kind; frames are drawn with :func:`frame_weights`. ``holes`` > 0 adds sensor-style missing
+    depth (:func:`~safetynet.sceneproof.patches.sensor_holes`) to that share of the frames of
+    *both* classes, after the fakes are made, so missing readings carry no label.
     """
     if not kinds:
         raise InputError("give at least one fake kind")
@@ -372,13 +375,18 @@ def training_patches(frames: FrameSet, n_real: int, n_fake: int, kinds: Sequence
     for r in range(rounds):
         image, depth, valid = augment_real(frames.image, frames.depth, frames.valid, seed=seed * 1000 + r)
         aug = FrameSet(image, depth, valid, frames.scenes, frames.sources)
-        x = to_network_input(aug.image, aug.depth, aug.valid)
+        if holes > 0:
+            depth, valid = sensor_holes(depth, valid, seed=seed * 1000 + 500 + r, p=holes)
+        x = to_network_input(image, depth, valid)
         p, idx = random_patches(x, per_real, patch, rng, frame_weights(aug.scenes))
         parts.append(_patchset(p, REAL, "real", aug.scenes, idx))
         del x
         for k, kind in enumerate(kinds):
             fk, boxes = fake_frames(kind, aug, seed=seed * 1000 + 100 * r + k, predictor=predictor, rng=rng)
-            xf = to_network_input(fk.image, fk.depth, fk.valid)
+            fdepth, fvalid = fk.depth, fk.valid
+            if holes > 0:
+                fdepth, fvalid = sensor_holes(fdepth, fvalid, seed=seed * 1000 + 600 + 100 * r + k, p=holes)
+            xf = to_network_input(fk.image, fdepth, fvalid)
             p, idx = random_patches(xf, per_fake, patch, rng, frame_weights(fk.scenes), boxes=boxes)
             parts.append(_patchset(p, FAKE, kind, fk.scenes, idx))
     return PatchSet.concat(parts)

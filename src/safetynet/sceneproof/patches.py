@@ -158,3 +158,61 @@ def augment_real(image: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, 
     x = (x - grey) * (1 + saturation * u[:, 2]).view(shape) + grey
     x = x.clamp(0, 1) ** (1 + gamma * u[:, 3]).view(shape)
     return check_images(x.clamp(0, 1), "augmented image"), depth.clone(), valid.clone()
+
+
+def sensor_holes(depth: torch.Tensor, valid: torch.Tensor, *, seed: int = 0, p: float = 0.5,
+                 max_blobs: int = 6, max_blob_size: float = 0.25, edge_threshold: float = 0.08,
+                 max_edge_width: int = 3, max_speckle: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sensor-style missing readings on a random share ``p`` of the frames (batched, seeded).
+
+    Real depth cameras lose readings in camera-specific patterns: shadows along depth
+    discontinuities (structured light, stereo), blobs on dark, shiny or distant surfaces, and
+    scattered pixels. A classifier trained on one camera learns its hole pattern as "real";
+    applied to *both* classes during training (after the fakes are made), these holes carry no
+    label, so the classifier has to judge the image/depth agreement of the pixels that remain.
+    Per chosen frame: shadows of random width (0..``max_edge_width`` px) where neighbouring
+    depths differ by more than ``edge_threshold`` (relative), up to ``max_blobs`` ellipses of up
+    to ``max_blob_size`` of the frame's side, and up to ``max_speckle`` of the pixels at random.
+    Returns ``(depth * valid, valid)``; only ever removes readings.
+    """
+    if not 0 <= p <= 1:
+        raise InputError(f"p must be in [0, 1], got {p}")
+    if depth.ndim != 4 or depth.shape[1] != 1 or valid.shape != depth.shape:
+        raise InputError(f"depth and valid must both be (B, 1, H, W), got {tuple(depth.shape)} and {tuple(valid.shape)}")
+    B, _, H, W = depth.shape
+    g = torch.Generator().manual_seed(int(seed))
+    chosen = (torch.rand(B, generator=g) < p).view(B, 1, 1, 1)
+    drop = torch.zeros_like(valid, dtype=torch.bool)
+
+    # 1. shadows at depth discontinuities, dilated by a per-frame width
+    d = torch.where(valid, depth, torch.zeros_like(depth))
+    rel = lambda a, b: (a - b).abs() / torch.maximum(a, b).clamp_min(1e-3)  # noqa: E731
+    edge = torch.zeros_like(drop)
+    edge[..., :, 1:] |= rel(d[..., :, 1:], d[..., :, :-1]) > edge_threshold
+    edge[..., 1:, :] |= rel(d[..., 1:, :], d[..., :-1, :]) > edge_threshold
+    edge &= valid
+    widths = torch.randint(0, max_edge_width + 1, (B,), generator=g)
+    for w in range(1, max_edge_width + 1):  # one max-pool per width, not per frame
+        sel = (widths == w).view(B, 1, 1, 1)
+        if sel.any():
+            grown = torch.nn.functional.max_pool2d(edge.float(), 2 * w + 1, stride=1, padding=w) > 0
+            drop |= grown & sel
+
+    # 2. elliptic blobs
+    ys = torch.arange(H, dtype=torch.float32).view(1, H, 1)
+    xs = torch.arange(W, dtype=torch.float32).view(1, 1, W)
+    n_blobs = torch.randint(0, max_blobs + 1, (B,), generator=g)
+    for k in range(max_blobs):
+        u = torch.rand((B, 4), generator=g)
+        cy, cx = u[:, 0] * H, u[:, 1] * W
+        ry = (0.02 + u[:, 2] * max_blob_size) * H
+        rx = (0.02 + u[:, 3] * max_blob_size) * W
+        inside = ((ys - cy.view(B, 1, 1)) / ry.view(B, 1, 1)) ** 2 + ((xs - cx.view(B, 1, 1)) / rx.view(B, 1, 1)) ** 2 <= 1
+        drop |= (inside & (n_blobs > k).view(B, 1, 1)).unsqueeze(1)
+
+    # 3. speckle
+    rate = torch.rand(B, generator=g) * max_speckle
+    drop |= torch.rand(depth.shape, generator=g) < rate.view(B, 1, 1, 1)
+
+    new_valid = valid & ~(drop & chosen)
+    return depth * new_valid, new_valid

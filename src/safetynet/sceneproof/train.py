@@ -83,6 +83,7 @@ class SceneProofConfig:
     real_patches: int = 6000  # training patches of the real class
     fake_patches: int = 6000  # training patches of the fake class, shared by the four kinds
     rounds: int = 2  # augmentation passes over the frames
+    holes: float = 0.5  # share of training frames (both classes) given sensor-style missing depth
     regressor_epochs: int = 6  # depth regressor for the predicted_depth fake
     width: int = 16  # classifier channels of the first block
     hidden: int = 128  # fc6 / fc7 units
@@ -113,6 +114,8 @@ class SceneProofConfig:
         if self.patch < 32 or self.patch > min(self.height, self.width_px):
             raise InputError(f"patch must be at least 32 (the VGG's input) and fit the {self.height}x{self.width_px} "
                              f"frames, got {self.patch}")
+        if not 0 <= self.holes <= 1:
+            raise InputError(f"holes must be a share of frames in [0, 1], got {self.holes}")
         if not 0 < self.target_fpr < 1 or not 0 < self.reject_fraction < 1:
             raise InputError("target_fpr and reject_fraction must be in (0, 1)")
         if not self.real and self.sim_frames < 4:
@@ -198,7 +201,7 @@ def train_sceneproof(cfg: SceneProofConfig) -> dict[str, Any]:
     t = lap("depth_regressor", t)
 
     data = training_patches(train_fs, cfg.real_patches, cfg.fake_patches, TRAIN_KINDS, seed=cfg.seed,
-                            patch=cfg.patch, rounds=cfg.rounds, predictor=regressor)
+                            patch=cfg.patch, rounds=cfg.rounds, predictor=regressor, holes=cfg.holes)
     mean, std = channel_stats(data.x[data.y == REAL])
     mc = model_config(width=cfg.width, hidden=cfg.hidden, mean=mean, std=std)
     t = lap("patches", t)
