@@ -83,7 +83,9 @@ class SceneProofConfig:
     real_patches: int = 6000  # training patches of the real class
     fake_patches: int = 6000  # training patches of the fake class, shared by the four kinds
     rounds: int = 2  # augmentation passes over the frames
-    holes: float = 0.5  # share of training frames (both classes) given sensor-style missing depth
+    # Share of training frames (both classes) given sensor-style missing depth. Off by default:
+    # holes=0.5 lowered validation patch accuracy from 74.5 % to 67.7 % (2026-11-26, seed 0).
+    holes: float = 0.0
     regressor_epochs: int = 6  # depth regressor for the predicted_depth fake
     width: int = 16  # classifier channels of the first block
     hidden: int = 128  # fc6 / fc7 units
