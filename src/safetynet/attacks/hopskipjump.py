@@ -153,11 +153,7 @@ class HopSkipJump(Attack):
                 if m.shape[0] != 1:
                     raise InputError("HopSkipJump takes one mask for all images: give it shape (1, C, H, W) or (1, C, 1, 1)")
                 m = m[0]
-            try:
-                mask = torch.broadcast_to(m, x.shape[1:]).contiguous()
-            except RuntimeError:
-                raise InputError(f"mask of shape {tuple(self.mask.shape)} does not broadcast to one image "
-                                 f"{tuple(x.shape[1:])}; use e.g. (1, C, 1, 1) for a channel mask") from None
+            mask = torch.broadcast_to(m, x.shape[1:]).contiguous()  # __call__ checked that it broadcasts
         d = x[0].numel() if mask is None else max(int(mask.sum()), 1)
         gen = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         count = torch.zeros(n, dtype=torch.int64)

@@ -140,6 +140,10 @@ class RobustnessConfig:
         key = "cifar10" if self.dataset.startswith("cifar10") else self.dataset
         return list(_EPS_DEFAULTS[key][norm])
 
+    def fit_budget(self) -> float:
+        """BIM-L∞ budget of the detectors' (and surrogates' own) training adversarials."""
+        return self.fit_eps if self.fit_eps is not None else self.eps("linf")[len(self.eps("linf")) // 2]
+
     def validate(self) -> None:
         if self.dataset not in DATASETS:
             raise InputError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
@@ -243,16 +247,11 @@ def _load_sceneproof(cfg: RobustnessConfig) -> tuple[nn.Module, str, nn.Module |
     patches are drawn stratified (half real, the rest spread over the fake kinds), ``n_fit``
     others fit the defences.
     """
-    from ..sceneproof.evaluate import _frames_from_config, _stratified
-    from ..sceneproof.model import PatchSet, SceneProof, default_model_dir, evaluation_patches
-    from ..sceneproof.train import TRAIN_KINDS
+    from ..sceneproof.evaluate import _stratified, validation_patches
+    from ..sceneproof.model import SceneProof, default_model_dir
 
     bundle = SceneProof.load(cfg.model)
-    val_fs, _ = _frames_from_config(bundle, cfg.data_dir)
-    seed = int(bundle.settings["training"]["config"]["seed"]) + 7  # the evaluate job's patch seed
-    sets = evaluation_patches(val_fs, TRAIN_KINDS, seed=seed, patch=bundle.patch, stride=bundle.stride,
-                              predictor=bundle.depth_regressor)
-    nat = PatchSet.concat([v[0] for v in sets.values()])
+    val_fs, _, sets, nat = validation_patches(bundle, cfg.data_dir)  # the patches `sceneproof evaluate` reads
     rng = np.random.default_rng(cfg.seed)
     test = _stratified(nat, cfg.n, rng)
     rest = np.setdiff1d(np.arange(len(nat)), test)
@@ -323,10 +322,10 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
 
     Returns the results dict (also in ``results.json``).
     """
-    from ..attacks import BIM
     from ..detectors.metzen import MetzenDetector
     from ..safetynet import SafetyNet
     from .report import write_robustness_report
+    from .surrogates import craft_adversarials
 
     cfg.validate()
     t_start = time.time()
@@ -358,12 +357,14 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
     layers_a, layers_ens = default_layers(model)
     layers_a = cfg.layers_a or layers_a
     layers_ens = cfg.layers_ensemble or layers_ens
-    fit_eps = cfg.fit_eps if cfg.fit_eps is not None else cfg.eps("linf")[len(cfg.eps("linf")) // 2]
+    fit_eps = cfg.fit_budget()
+    # Largest useful L2 budget: the norm of an all-ones change of every element the attacks may touch.
+    l2_cap = math.sqrt(xt[0].numel() if mask is None else int(torch.broadcast_to(mask, (1, *xt.shape[1:])).sum()))
     tick("setup", t0)
 
     # -- defences: fit on natural vs type-I (BIM-L∞) adversarials of the fit images ------------
     t0 = time.time()
-    _, x_fit_adv, fit_ok = BIM(steps=10, step_size=2.5 * fit_eps / 10, mask=mask)(model, x_nat, y_nat, eps=fit_eps)
+    x_fit_adv, fit_ok = craft_adversarials(model, x_nat, y_nat, fit_eps, batch_size=cfg.batch_size, mask=mask)
     x_adv_fit = x_fit_adv[fit_ok]
     if len(x_adv_fit) < 10:
         raise InputError(f"BIM at fit_eps={fit_eps:g} fooled only {len(x_adv_fit)} fit images; raise fit_eps or n_fit")
@@ -383,8 +384,7 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
         "subnet": {"layer": layers_a[-1], "epochs": cfg.metzen_epochs, "final_loss": metzen.loss_history_[-1]},
     }
 
-    ctx = _Context(cfg, model, defences, x_nat, y_nat, x_adv_fit, out, arch, timings, xt, yt, mask=mask,
-                   bundle_surrogate=bundle_surrogate)
+    ctx = _Context(cfg, model, defences, x_nat, y_nat, out, arch, xt, yt, mask=mask, bundle_surrogate=bundle_surrogate)
     rows_wanted = _expand_rows(cfg.attacks, ctx.surrogate_tags)
 
     # -- the non-attack row ------------------------------------------------------------------------
@@ -428,8 +428,7 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
                 if not eps_queue and row.kind == "II" and row.per_defence and extensions < cfg.extend_eps:
                     worst = min((r["success"] for r in records if r["attack"] == row.key and r["norm"] == norm
                                  and r["eps"] == eps and r["defence"] != "ori" and r["success"] is not None), default=1.0)
-                    free = xt[0].numel() if mask is None else int(torch.broadcast_to(mask, (1, *xt.shape[1:])).sum())
-                    cap = 1.0 if norm == "linf" else math.sqrt(free)
+                    cap = 1.0 if norm == "linf" else l2_cap
                     if worst < 1.0 and eps < cap:
                         eps_queue.append(min(2 * eps, cap))
                         extensions += 1
@@ -537,7 +536,7 @@ class _Surrogate:
                     raise InputError("the embedded CIFAR-10 sample has no training split for a surrogate; "
                                      "give --surrogate-model or drop the transfer attacks")
                 arch = self.value or ctx.arch or "smallcnn"
-                seed = cfg.seed + 1 + self.index
+                seed = _trained_surrogate_seed(cfg, self.index)
                 sub = "surrogate" if len(ctx.surrogates) == 1 else f"surrogate-{self.tag}"
                 model, metrics = train_surrogate(arch, seed, dataset=cfg.dataset, out=ctx.out / sub,
                                                  epochs=cfg.surrogate_epochs, data_dir=cfg.data_dir, threads=cfg.threads)
@@ -558,9 +557,8 @@ class _Surrogate:
             from .surrogates import craft_adversarials
 
             cfg = self.ctx.cfg
-            fit_eps = cfg.fit_eps if cfg.fit_eps is not None else cfg.eps("linf")[len(cfg.eps("linf")) // 2]
-            adv, ok = craft_adversarials(self.model(), self.ctx.x_nat, self.ctx.y_nat, fit_eps, batch_size=cfg.batch_size,
-                                         mask=self.ctx.mask)
+            adv, ok = craft_adversarials(self.model(), self.ctx.x_nat, self.ctx.y_nat, cfg.fit_budget(),
+                                         batch_size=cfg.batch_size, mask=self.ctx.mask)
             if ok.sum() < 10:
                 raise InputError(f"BIM fooled surrogate {self.tag} on only {int(ok.sum())} fit images; raise fit_eps")
             self._adv = adv[ok]
@@ -584,6 +582,11 @@ class _Surrogate:
         return self._subnet
 
 
+def _trained_surrogate_seed(cfg: RobustnessConfig, index: int) -> int:
+    """Seed of the ``index``-th surrogate trained for the run (never the target's own seed)."""
+    return cfg.seed + 1 + index
+
+
 def _surrogate_tags(cfg: RobustnessConfig, target_arch: str | None, specs: list[tuple[str, str]]) -> list[str]:
     """Short, unique names for the surrogates: ``<arch>-seed<seed>`` where known, else the folder name."""
     from ..models.checkpoint import read_checkpoint_config
@@ -598,7 +601,7 @@ def _surrogate_tags(cfg: RobustnessConfig, target_arch: str | None, specs: list[
             seed = (meta.get("train_config") or {}).get("seed")
             tag = f"{arch}-seed{seed}" if arch and seed is not None else Path(value).name
         else:
-            tag = f"{value or target_arch or 'smallcnn'}-seed{cfg.seed + 1 + i}"
+            tag = f"{value or target_arch or 'smallcnn'}-seed{_trained_surrogate_seed(cfg, i)}"
         while tag in tags:
             tag += "'"
         tags.append(tag)
@@ -609,13 +612,12 @@ class _Context:
     """What the attack rows share: the defences, the fit data and the (lazily built) surrogates."""
 
     def __init__(self, cfg: RobustnessConfig, model: nn.Module, defences: dict[str, _Defence], x_nat: torch.Tensor,
-                 y_nat: torch.Tensor, x_adv_fit: torch.Tensor, out: Path, arch: str | None, timings: dict,
-                 x_test: torch.Tensor, y_test: torch.Tensor, *, mask: torch.Tensor | None = None,
-                 bundle_surrogate: nn.Module | None = None) -> None:
+                 y_nat: torch.Tensor, out: Path, arch: str | None, x_test: torch.Tensor, y_test: torch.Tensor, *,
+                 mask: torch.Tensor | None = None, bundle_surrogate: nn.Module | None = None) -> None:
         self.cfg, self.model, self.defences = cfg, model, defences
-        self.x_nat, self.y_nat, self.x_adv_fit = x_nat, y_nat, x_adv_fit
+        self.x_nat, self.y_nat = x_nat, y_nat
         self.x_test, self.y_test = x_test, y_test
-        self.out, self.arch, self.timings = out, arch, timings
+        self.out, self.arch = out, arch
         self._ori_cache: dict[tuple[str, float], torch.Tensor] = {}  # CW-PGD on the bare classifier, by (norm, eps)
         self.surrogate_info: dict[str, dict[str, Any]] = {}  # tag -> provenance, filled when a surrogate is built
         self.mask = mask  # 0/1, where the attacks may change the input (SceneProof: the depth channel); None: everywhere

@@ -188,6 +188,22 @@ def _frames_from_config(bundle: SceneProof, data_dir: str | None) -> tuple[Frame
     return val_fs, {"train_config": saved, **info}
 
 
+def validation_patches(bundle: SceneProof, data_dir: str | None
+                       ) -> tuple[FrameSet, dict[str, Any], dict[str, tuple[PatchSet, np.ndarray, FrameSet]], PatchSet]:
+    """The bundle's validation frames and their grid patches (real + the training fake kinds).
+
+    Returns ``(frames, provenance, {kind: (patches, frame index, frames)}, all patches)``; the
+    same patches for every job that reads them (seeded by the bundle's training seed).
+    """
+    from .train import TRAIN_KINDS
+
+    val_fs, val_info = _frames_from_config(bundle, data_dir)
+    seed = int(bundle.settings["training"]["config"]["seed"]) + 7
+    sets = evaluation_patches(val_fs, TRAIN_KINDS, seed=seed, patch=bundle.patch, stride=bundle.stride,
+                              predictor=bundle.depth_regressor)
+    return val_fs, val_info, sets, PatchSet.concat([v[0] for v in sets.values()])
+
+
 def _load_heldout(bundle: SceneProof, root: Path) -> FrameSet:
     from ..data.rgbd import find_rgbd_items, read_item
     from .verify import prepare_frames
@@ -237,10 +253,7 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"eps": eps, "unit": "64x64 RGB-D patches unless noted"}
 
     t = time.time()
-    val_fs, val_info = _frames_from_config(bundle, cfg.data_dir)
-    sets = evaluation_patches(val_fs, TRAIN_KINDS, seed=int(train_cfg["seed"]) + 7, patch=bundle.patch,
-                              stride=bundle.stride, predictor=bundle.depth_regressor)
-    nat = PatchSet.concat([v[0] for v in sets.values()])
+    val_fs, val_info, sets, nat = validation_patches(bundle, cfg.data_dir)
     a_nat = _analyze(bundle, nat.images())
     y_nat = nat.y.numpy()
     t = lap("validation_patches", t)
