@@ -351,3 +351,32 @@ def test_sensor_holes_only_remove_readings_and_shadow_depth_edges(batch):
     assert lost[..., 14:16].any()  # and the step itself is shadowed in some frame
     with pytest.raises(InputError, match="p must be"):
         sensor_holes(depth, valid, p=1.5)
+
+
+def test_training_patches_camera_variation_is_label_neutral_and_seeded():
+    from safetynet.sceneproof.model import FrameSet, training_patches
+    from safetynet.sceneproof.patches import decode_depth
+
+    s = simulate_scenes(8, size=(48, 64), seed=2, views_per_scene=2)
+    frames = s.frames(sensor=True)
+    fs = FrameSet.from_frames(frames)
+    kinds = ("swap_depth", "shift_scale_depth")
+    kw = dict(patch=32, rounds=2, seed=5)
+    base = training_patches(fs, 40, 40, kinds, **kw)
+    varied = training_patches(fs, 40, 40, kinds, zoom=0.3, depth_jitter=0.1, **kw)
+    again = training_patches(fs, 40, 40, kinds, zoom=0.3, depth_jitter=0.1, **kw)
+    assert torch.equal(varied.x, again.x)  # deterministic by seed
+    assert varied.counts() == base.counts()  # same class balance: applied to both classes alike
+    assert not torch.equal(varied.x, base.x)
+    # depth jitter only: every real patch's depth is the plain one times a per-frame factor in [1/1.1, 1.1]
+    jit = training_patches(fs, 40, 40, kinds, depth_jitter=0.1, **kw)
+    real = base.y == 1
+    d0, v0 = decode_depth(base.x[real, 3:].float())
+    d1, v1 = decode_depth(jit.x[real, 3:].float())
+    assert torch.equal(v0, v1)
+    inner = v0 & (d0 > 0.4) & (d0 < 6) & (d1 > 0.4) & (d1 < 6)  # away from the encoding's clamps
+    ratio = d1[inner] / d0[inner]
+    assert float(ratio.min()) > 1 / 1.1 - 0.01 and float(ratio.max()) < 1.1 + 0.01
+    assert float((ratio - 1).abs().max()) > 0.01
+    with pytest.raises(InputError, match="zoom"):
+        training_patches(fs, 40, 40, kinds, zoom=1.2, **kw)

@@ -42,7 +42,7 @@ from torch import nn
 
 from .._io import write_json_atomic
 from .._schedule import one_cycle
-from ..data.rgbd.frame import RGBDFrame, stack_frames
+from ..data.rgbd.frame import RGBDFrame, resize_rgbd, stack_frames
 from ..errors import CheckpointError, InputError
 from .fakes import insert_region_boxes, make_fakes
 from .patches import augment_real, patch_positions, sensor_holes, to_network_input
@@ -357,7 +357,7 @@ def _patchset(x: torch.Tensor, label: int, kind: str, scenes: Sequence[str], idx
 
 def training_patches(frames: FrameSet, n_real: int, n_fake: int, kinds: Sequence[str], *, seed: int,
                      patch: int = DEFAULT_PATCH, rounds: int = 2, predictor: Callable | None = None,
-                     holes: float = 0.0) -> PatchSet:
+                     holes: float = 0.0, zoom: float = 0.0, depth_jitter: float = 0.0) -> PatchSet:
     """Random patches of augmented real frames and of fakes made from them (see the module docstring).
 
     Each of ``rounds`` passes augments every frame (flips, photometric jitter), cuts
@@ -365,7 +365,16 @@ def training_patches(frames: FrameSet, n_real: int, n_fake: int, kinds: Sequence
     kind; frames are drawn with :func:`frame_weights`. ``holes`` > 0 adds sensor-style missing
     depth (:func:`~safetynet.sceneproof.patches.sensor_holes`) to that share of the frames of
     *both* classes, after the fakes are made, so missing readings carry no label.
+
+    Camera variation, label-neutral because it is applied to the frames *before* the fakes are
+    made from them: ``zoom`` > 0 shrinks round ``r``'s frames by ``1 - zoom * r / (rounds - 1)``
+    (a wider field of view, so apparent size and distance decouple from one camera's focal
+    length; only ever downsampling, which adds no resampling artefacts to depth), and
+    ``depth_jitter`` multiplies each frame's depth by a factor in ``[1/(1+j), 1+j]`` (scenes at
+    other distances; keep it below the ``shift_scale_depth`` fake's smallest factor, 1/0.85).
     """
+    if not 0 <= zoom < 1 or not 0 <= depth_jitter < 0.5:
+        raise InputError(f"need 0 <= zoom < 1 and 0 <= depth_jitter < 0.5, got {zoom}, {depth_jitter}")
     if not kinds:
         raise InputError("give at least one fake kind")
     rng = np.random.default_rng(seed)
@@ -374,6 +383,15 @@ def training_patches(frames: FrameSet, n_real: int, n_fake: int, kinds: Sequence
     per_fake = max(1, n_fake // (rounds * len(kinds)))
     for r in range(rounds):
         image, depth, valid = augment_real(frames.image, frames.depth, frames.valid, seed=seed * 1000 + r)
+        if zoom > 0 and rounds > 1 and r > 0:
+            f = 1 - zoom * r / (rounds - 1)
+            H, W = image.shape[-2:]
+            size = (max(patch, round(H * f)), max(patch, round(W * f)))
+            image, depth, valid = resize_rgbd(image, depth, valid, size)
+        if depth_jitter > 0:
+            g = torch.Generator().manual_seed(seed * 1000 + 700 + r)
+            k = torch.exp((2 * torch.rand(len(depth), generator=g) - 1) * float(np.log1p(depth_jitter)))
+            depth = depth * k.view(-1, 1, 1, 1)
         aug = FrameSet(image, depth, valid, frames.scenes, frames.sources)
         if holes > 0:
             depth, valid = sensor_holes(depth, valid, seed=seed * 1000 + 500 + r, p=holes)
