@@ -197,6 +197,7 @@ def register_scenes(train: list, val: list, *, min_frames: int = 20, min_gain: f
     frames alike (same rig). Returns (train, val, {scene: registration and verdict})."""
     from dataclasses import replace
 
+    from ..data.rgbd.frame import stack_frames
     from ..data.rgbd.registration import apply_registration, calibrate_registration
 
     report: dict[str, dict[str, Any]] = {}
@@ -205,10 +206,7 @@ def register_scenes(train: list, val: list, *, min_frames: int = 20, min_gain: f
     for f in train:
         by_scene.setdefault(f.scene, []).append(f)
     for scene, group in by_scene.items():
-        image = torch.stack([f.image for f in group])
-        depth = torch.stack([f.depth for f in group])
-        valid = torch.stack([f.valid for f in group])
-        reg, verdict = calibrate_registration(image, depth, valid, min_gain=min_gain, min_frames=min_frames)
+        reg, verdict = calibrate_registration(*stack_frames(group), min_gain=min_gain, min_frames=min_frames)
         if len(group) >= min_frames:
             report[scene] = {**reg.to_dict(), "verdict": verdict}
             log.info("registration of %s: %s %s", scene, verdict, reg.to_dict())
