@@ -290,6 +290,18 @@ def test_clear_data_errors(tmp_path, case, match):
         load_cifar10(root, split, cache_dir=tmp_path / "cache")
 
 
+def test_garbage_python_batches_are_data_errors(tmp_path):
+    """Random bytes after a pickle header make the unpickler fail in many ways (MemoryError on a
+    huge length, IndexError, ...): each must come out as the loader's own DataError. Seeded."""
+    root = _py_batch(tmp_path, _good_py_batch())
+    p = root / "cifar-10-batches-py" / "test_batch"
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        p.write_bytes(b"\x80\x02" + rng.integers(0, 256, int(rng.integers(0, 2000)), dtype=np.uint8).tobytes())
+        with pytest.raises(DataError, match="CIFAR-10 file"):
+            load_cifar10(root, "test", cache_dir=tmp_path / "cache")
+
+
 def test_bad_split_is_an_input_error(tmp_path):
     write_bin(tmp_path, *_fake_cifar(10, 10))
     with pytest.raises(InputError, match="split"):
@@ -336,7 +348,7 @@ def test_corrupt_cache_is_rebuilt(tmp_path, damage):
     (path,) = _cache_files(cache)
     good = path.read_bytes()
     if damage == "garbage":
-        path.write_bytes(os.urandom(1000))
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8).tobytes())
     elif damage == "truncated":
         path.write_bytes(good[: len(good) // 2])
     elif damage == "empty":

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -190,7 +191,7 @@ def test_checkpoint_errors(tmp_path, case, match):
     elif case == "no_weights":
         (d / WEIGHTS).unlink()
     elif case == "weights_garbage":
-        (d / WEIGHTS).write_bytes(os.urandom(2000))
+        (d / WEIGHTS).write_bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes())
     elif case == "weights_truncated":
         data = (d / WEIGHTS).read_bytes()
         (d / WEIGHTS).write_bytes(data[: len(data) // 2])
@@ -302,8 +303,17 @@ class _Evil:
 def test_vgg19_file_errors(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         VGG19.from_torchvision_file(tmp_path / "missing.pth")
+    # Corrupt files make torch's restricted unpickler fail in many ways (UnpicklingError,
+    # IndexError, KeyError, ...): every one must surface as the same clear error. Seeded so a
+    # failure reproduces; 200 files cover the odd opcodes a single random file once hit in CI.
+    rng = np.random.default_rng(0)
     bad = tmp_path / "garbage.pth"
-    bad.write_bytes(os.urandom(4000))
+    for size in [0, 1, 2, 8, 100, 4000] * 2 + [int(n) for n in rng.integers(1, 5000, 188)]:
+        bad.write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+        with pytest.raises(CheckpointError, match="cannot read"):
+            VGG19.from_torchvision_file(bad)
+    # A pickle stream that torch's unpickler trips over with IndexError (the CI failure).
+    bad.write_bytes(b"\x80\x02\x86.")
     with pytest.raises(CheckpointError, match="cannot read"):
         VGG19.from_torchvision_file(bad)
     marker = tmp_path / "pwned"

@@ -145,6 +145,16 @@ def test_npy_bad_inputs(tmp_path):
     np.save(tmp_path / "rgb.npy", np.ones((H, W, 3)))
     with pytest.raises(DataError, match="2-D"):
         read_depth(tmp_path / "rgb.npy")
+    with open(tmp_path / "archive.npy", "wb") as f:  # an .npz under a .npy name
+        np.savez(f, depth=np.ones((H, W)))
+    with pytest.raises(DataError, match="npz archive"):
+        read_depth(tmp_path / "archive.npy")
+    # Corrupt files fail inside numpy in many ways (BadZipFile, tokenize errors, ...): all are DataError.
+    good = (tmp_path / "zero.npy").read_bytes()
+    for i, data in enumerate([b"PK\x03\x04junk", b"PK" + bytes(100), good[:60], good[:12], b"\x93NUMPY\x01\x00\x10\x00{'descr"]):
+        (tmp_path / f"bad{i}.npy").write_bytes(data)
+        with pytest.raises(DataError, match="cannot read"):
+            read_depth(tmp_path / f"bad{i}.npy")
 
 
 # ----------------------------------------------------------------------------------------- PFM

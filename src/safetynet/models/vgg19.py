@@ -19,7 +19,6 @@ Tappable late layers (the paper's detectors read pool5, fc6 and fc7)::
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import torch
@@ -104,7 +103,7 @@ class VGG19(nn.Module):
             raise CheckpointError(f"VGG19 weights file {path} does not exist; pass a torchvision vgg19 state dict (.pth)")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 - torch's restricted unpickler raises anything (IndexError, KeyError, ...) on a corrupt file
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"cannot read {path} as a torch state dict ({first}); "
                                   "save it with torch.save(model.state_dict(), path)") from None

@@ -282,8 +282,11 @@ def read_depth_array(path: PathLike, scale: float | None = None, *, format: str 
                 arr = np.load(path, allow_pickle=False)
             except FileNotFoundError:
                 raise DataError(f"file {path} does not exist; check the path") from None
-            except (OSError, ValueError, EOFError) as e:
+            except Exception as e:  # noqa: BLE001 - numpy fails on corrupt files in many ways (BadZipFile, TokenError, ...)
                 raise DataError(f"cannot read {path} as a .npy array ({e}); the file is corrupt") from None
+            if not isinstance(arr, np.ndarray):  # an .npz archive: several arrays, not one depth map
+                arr.close()
+                raise DataError(f"{path} is an .npz archive, not a single .npy array; save the depth map with np.save")
             if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
                 arr = arr.reshape(arr.shape[1:] if arr.shape[0] == 1 else arr.shape[:2])
             if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
