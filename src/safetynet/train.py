@@ -93,22 +93,31 @@ def train(cfg: TrainConfig) -> dict:
     model = model.to(memory_format=memory_format)
     opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    swa_start = cfg.epochs - cfg.swa_epochs  # first epoch (0-based) at the constant SWA rate
     sched = one_cycle(
-        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup_fraction,
+        opt, max_lr=cfg.lr, total_steps=max(swa_start, 1) * steps_per_epoch, pct_start=cfg.warmup_fraction,
         div_factor=10.0, final_div_factor=100.0, anneal_strategy="cos", cycle_momentum=False)
+    swa = _WeightAverage(model) if cfg.swa_epochs else None
+    # steps (0-based, within an epoch) after which an SWA epoch adds the weights to the average
+    k = min(cfg.swa_per_epoch, steps_per_epoch)
+    swa_steps = {round((j + 1) * steps_per_epoch / k) - 1 for j in range(k)}
     gen = torch.Generator().manual_seed(cfg.seed)
     # Test folders are sorted by class: monitor on a fixed random subset, not the first images.
     monitor_set = test_set.subset(torch.randperm(len(test_set), generator=torch.Generator().manual_seed(12345)))
     start_epoch = 0
     state_path = out / "train_state.pt"
     if state_path.exists():
-        start_epoch, metrics = _resume(state_path, out, cfg, model, opt, sched, gen)
+        start_epoch, metrics = _resume(state_path, out, cfg, model, opt, sched, gen, swa)
         log.info("resuming %s after epoch %d", out, start_epoch)
     else:
         metrics = {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         model.train()
+        in_swa = epoch >= swa_start
+        if in_swa:
+            for group in opt.param_groups:
+                group["lr"] = cfg.swa_lr
         perm = torch.randperm(len(train_set), generator=gen)
         loss_sum, correct, seen = 0.0, 0, 0
         bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
@@ -124,22 +133,37 @@ def train(cfg: TrainConfig) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if not in_swa:
+                sched.step()
+            elif s in swa_steps:
+                swa.update(model)
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         last = epoch + 1 == cfg.epochs
+        extra_metrics: dict = {}
+        if swa is not None and in_swa:
+            extra_metrics["swa_snapshots"] = swa.count
+        if swa is not None and last:
+            # The run's result is the average: the last iterate is scored on the monitor subset only.
+            extra_metrics["last_iterate_test_acc"] = evaluate_accuracy(model, monitor_set, limit=cfg.eval_subset)
+            swa.copy_to(model)
+            recompute_batchnorm(model, train_set, gen, batch_size=cfg.batch_size, augment=cfg.augment,
+                                memory_format=memory_format)
         limit = None if last else cfg.eval_subset
         test_acc = evaluate_accuracy(model, test_set if limit is None else monitor_set, limit=limit)
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                    "test_acc": test_acc, "test_images": len(test_set) if limit is None else min(limit, len(test_set)),
-                   "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 1),
-                   "images_per_second": round(seen / (time.time() - t0), 1)}
+                   "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 1),
+                   "images_per_second": round(seen / (time.time() - t0), 1), **extra_metrics}
         save_checkpoint(model, out, model_cfg, extra={"train_config": dataclasses.asdict(cfg), "metrics": metrics})
+        state = {"epoch": torch.tensor(epoch + 1), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}
+        if swa is not None:
+            state["swa"] = swa.state_dict()
         with atomic_path(state_path, suffix=".pt") as tmp:
-            torch.save({"epoch": torch.tensor(epoch + 1), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
+            torch.save(state, tmp)
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         log.info("epoch %d/%d %s", epoch + 1, cfg.epochs, json.dumps(metrics))
@@ -157,13 +181,16 @@ def _warm_start(model: nn.Module, folder: Path, model_cfg: dict) -> None:
     log.info("initialised weights from %s", folder)
 
 
-def _resume(state_path: Path, out: Path, cfg: TrainConfig, model: nn.Module, opt, sched, gen) -> tuple[int, dict]:
+def _resume(state_path: Path, out: Path, cfg: TrainConfig, model: nn.Module, opt, sched, gen,
+            swa: "_WeightAverage | None") -> tuple[int, dict]:
     from .models import load_checkpoint
 
     loaded, meta = load_checkpoint(out)
     old = meta.get("train_config", {})
-    for key in ("arch", "dataset", "epochs", "batch_size", "lr", "seed"):
-        if old.get(key) != getattr(cfg, key):
+    defaults = TrainConfig()
+    for key in ("arch", "dataset", "epochs", "batch_size", "lr", "seed", "swa_epochs", "swa_lr", "swa_per_epoch"):
+        # runs saved before a setting existed ran with its default
+        if old.get(key, getattr(defaults, key)) != getattr(cfg, key):
             raise CheckpointError(f"{out} holds a run with {key}={old.get(key)!r}, not {getattr(cfg, key)!r}; "
                                   "use another --out or the same settings to resume")
     model.load_state_dict(loaded.state_dict())
@@ -175,4 +202,61 @@ def _resume(state_path: Path, out: Path, cfg: TrainConfig, model: nn.Module, opt
     sched.load_state_dict(state["scheduler"])
     gen.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
+    if swa is not None and "swa" in state:
+        swa.load_state_dict(state["swa"])
     return int(state["epoch"]), meta.get("metrics", {})
+
+
+class _WeightAverage:
+    """Running mean of a model's parameters (SWA); buffers are not averaged (BatchNorm statistics
+    are recomputed for the averaged weights by :func:`recompute_batchnorm`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.mean = {name: torch.zeros_like(p, memory_format=torch.preserve_format).detach()
+                     for name, p in model.named_parameters()}
+        self.count = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.count += 1
+        for name, p in model.named_parameters():
+            self.mean[name] += (p.detach() - self.mean[name]) / self.count
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        for name, p in model.named_parameters():
+            p.copy_(self.mean[name])
+
+    def state_dict(self) -> dict:
+        return {"count": torch.tensor(self.count), "mean": dict(self.mean)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = int(state["count"])
+        for name, value in state["mean"].items():
+            self.mean[name].copy_(value)
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, data: ImageSet, gen: torch.Generator, *, batch_size: int = 128,
+                        augment: bool = True, memory_format: torch.memory_format = torch.contiguous_format) -> None:
+    """Set every BatchNorm layer's running mean and variance to their average over one pass of
+    ``data`` (augmented as in training), as SWA needs: the statistics collected for the individual
+    iterates do not describe the averaged weights. Same as ``torch.optim.swa_utils.update_bn``."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    was_training = model.training
+    model.train()
+    perm = torch.randperm(len(data), generator=gen)
+    for s in progress(range(0, len(data), batch_size), desc="batchnorm statistics", unit="batch"):
+        x = data.images_u8[perm[s:s + batch_size]].float().div_(255)
+        if augment:
+            x = augment_batch(x, gen)
+        model(x.contiguous(memory_format=memory_format))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
