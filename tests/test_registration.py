@@ -144,3 +144,37 @@ def test_register_scenes_fixes_one_rig_in_train_and_val_only():
     inner = (slice(None), slice(4, H - 4), slice(6, W - 6))
     assert torch.equal(new_val[0].depth[inner], frames[28].depth[inner])
     assert not torch.equal(val[0].depth[inner], frames[28].depth[inner])
+    # A saved report is applied as it is, nothing estimated: the same frames come out, and a
+    # skipped or changed record changes them accordingly.
+    again_train, again_val, again_report = register_scenes(train, val, saved=report)
+    assert again_report == report
+    for a, b in zip(new_train + new_val, again_train + again_val):
+        assert torch.equal(a.depth, b.depth) and torch.equal(a.valid, b.valid)
+    skipped = {"cam-a": {**report["cam-a"], "verdict": "skipped: test"}}
+    plain_train, _, _ = register_scenes(train, val, saved=skipped)
+    assert plain_train[0] is train[0]
+    with pytest.raises(InputError, match="lacks"):
+        register_scenes(train, val, saved={"cam-a": {"verdict": "applied", "scale": 0.9}})
+
+
+def test_evaluation_applies_the_shipped_bundles_saved_registration():
+    """evaluate/robustness rebuild the validation frames with the registration the bundle was
+    trained with (read from the bundle), and that is what a fresh estimate gives on the same data."""
+    from dataclasses import fields
+
+    from safetynet.sceneproof.evaluate import _frames_from_config
+    from safetynet.sceneproof.model import SceneProof
+    from safetynet.sceneproof.train import SceneProofConfig, load_frames
+
+    root = require_data("rgbd").parent
+    bundle = SceneProof.load()
+    saved = bundle.settings["training"]["data"]["registration"]
+    assert saved["7scenes-kitchen"]["verdict"] == "applied"
+    val, info = _frames_from_config(bundle, str(root))
+    assert info["registration"] == saved
+    names = {f.name for f in fields(SceneProofConfig)}
+    cfg = SceneProofConfig(**{k: v for k, v in bundle.settings["training"]["config"].items() if k in names})
+    cfg.data_dir = str(root)
+    _, fresh, fresh_info = load_frames(cfg, validation_only=True)
+    assert fresh_info["registration"]["7scenes-kitchen"]["scale"] == saved["7scenes-kitchen"]["scale"]
+    assert torch.equal(fresh.depth, val.depth) and torch.equal(fresh.valid, val.valid)

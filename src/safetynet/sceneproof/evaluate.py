@@ -179,7 +179,9 @@ def _frames_from_config(bundle: SceneProof, data_dir: str | None) -> tuple[Frame
     if "register" not in saved:  # bundles trained before registration existed used raw depth
         cfg.register = False
     cfg.data_dir = data_dir if data_dir is not None else None
-    _, val_fs, info = load_frames(cfg, validation_only=True)
+    # Registration as the bundle's training applied it (recorded in the bundle), not re-estimated.
+    saved_reg = bundle.settings["training"].get("data", {}).get("registration") if cfg.register else None
+    _, val_fs, info = load_frames(cfg, validation_only=True, registration=saved_reg)
     expected = bundle.settings["training"]["data"].get("real_val_sources")
     if expected is not None and info.get("real_val_sources") is not None:
         got = [Path(s.split("|")[0]).name for s in info["real_val_sources"]]

@@ -145,11 +145,14 @@ def _data_root(cfg: SceneProofConfig) -> Path:
     return Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
 
 
-def load_frames(cfg: SceneProofConfig, validation_only: bool = False
+def load_frames(cfg: SceneProofConfig, validation_only: bool = False,
+                registration: dict[str, dict[str, Any]] | None = None
                 ) -> tuple[FrameSet | None, FrameSet, dict[str, Any]]:
     """(training frames, validation frames, provenance) per the config (deterministic).
 
     ``validation_only`` skips simulating training rooms and returns None for the training frames.
+    ``registration`` (a trained bundle's ``{scene: registration}`` record) is applied as saved
+    instead of estimated again, so evaluation sees the frames exactly as training did.
     """
     from ..data.rgbd import load_real_frames, scene_counts
     from ..data.rgbd.simulator import simulate_scenes
@@ -163,7 +166,8 @@ def load_frames(cfg: SceneProofConfig, validation_only: bool = False
         train_frames, val_frames = split_by_scene(frames, VAL_SCENES, cfg.val_tail, cfg.guard, cfg.long_sequence)
         if cfg.register:
             train_frames, val_frames, info["registration"] = register_scenes(
-                train_frames, val_frames, min_frames=cfg.register_min_frames, min_gain=cfg.register_min_gain)
+                train_frames, val_frames, min_frames=cfg.register_min_frames, min_gain=cfg.register_min_gain,
+                saved=registration)
         info["real_root"] = str(root)
         info["real_train"] = scene_counts(train_frames)
         info["real_val"] = scene_counts(val_frames)
@@ -190,21 +194,36 @@ def load_frames(cfg: SceneProofConfig, validation_only: bool = False
     return FrameSet.from_frames(train), FrameSet.from_frames(val), info
 
 
-def register_scenes(train: list, val: list, *, min_frames: int = 20, min_gain: float = 0.1
-                    ) -> tuple[list, list, dict[str, dict[str, Any]]]:
+def register_scenes(train: list, val: list, *, min_frames: int = 20, min_gain: float = 0.1,
+                    saved: dict[str, dict[str, Any]] | None = None) -> tuple[list, list, dict[str, dict[str, Any]]]:
     """Register each scene's depth to its images (:func:`~safetynet.data.rgbd.registration.calibrate_registration`),
     estimated on the scene's *training* frames only and applied to its training and validation
-    frames alike (same rig). Returns (train, val, {scene: registration and verdict})."""
+    frames alike (same rig). Returns (train, val, {scene: registration and verdict}).
+
+    ``saved``: a previous run's report (``{scene: {"scale", "dy", "dx", ..., "verdict"}}``); its
+    "applied" registrations are used as they are and nothing is estimated.
+    """
     from dataclasses import replace
 
     from ..data.rgbd.frame import stack_frames
-    from ..data.rgbd.registration import apply_registration, calibrate_registration
+    from ..data.rgbd.registration import Registration, apply_registration, calibrate_registration
 
     report: dict[str, dict[str, Any]] = {}
     regs = {}
-    by_scene: dict[str, list] = {}
-    for f in train:
-        by_scene.setdefault(f.scene, []).append(f)
+    if saved is not None:
+        fields = {f.name for f in dataclasses.fields(Registration)}
+        for scene, entry in saved.items():
+            if not isinstance(entry, dict) or not fields <= set(entry):
+                raise InputError(f"saved registration of {scene!r} lacks {sorted(fields - set(entry or {}))}; "
+                                 "retrain the bundle with `safetynet sceneproof train`")
+            report[scene] = dict(entry)
+            if entry.get("verdict") == "applied":
+                regs[scene] = Registration(**{k: entry[k] for k in fields})
+        by_scene: dict[str, list] = {}
+    else:
+        by_scene = {}
+        for f in train:
+            by_scene.setdefault(f.scene, []).append(f)
     for scene, group in by_scene.items():
         reg, verdict = calibrate_registration(*stack_frames(group), min_gain=min_gain, min_frames=min_frames)
         if len(group) >= min_frames:
