@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from ._io import atomic_path
 from ._schedule import one_cycle
@@ -118,16 +119,10 @@ def train(cfg: TrainConfig) -> dict:
         if in_swa:
             for group in opt.param_groups:
                 group["lr"] = cfg.swa_lr
-        perm = torch.randperm(len(train_set), generator=gen)
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
-        for s in bar:
-            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            x = train_set.images_u8[idx].float().div_(255)
-            y = train_set.labels[idx]
-            if cfg.augment:
-                x = augment_batch(x, gen)
-            x = x.contiguous(memory_format=memory_format)
+        bar = progress(training_batches(train_set, gen, cfg.batch_size, cfg.augment, memory_format),
+                       total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
+        for s, (x, y) in enumerate(bar):
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
@@ -143,9 +138,9 @@ def train(cfg: TrainConfig) -> dict:
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         last = epoch + 1 == cfg.epochs
         extra_metrics: dict = {}
-        if swa is not None and in_swa:
+        if in_swa:  # implies swa is not None
             extra_metrics["swa_snapshots"] = swa.count
-        if swa is not None and last:
+        if in_swa and last:
             # The run's result is the average: the last iterate is scored on the monitor subset only.
             extra_metrics["last_iterate_test_acc"] = evaluate_accuracy(model, monitor_set, limit=cfg.eval_subset)
             swa.copy_to(model)
@@ -236,27 +231,26 @@ class _WeightAverage:
             self.mean[name].copy_(value)
 
 
+def training_batches(data: ImageSet, gen: torch.Generator, batch_size: int, augment: bool,
+                     memory_format: torch.memory_format = torch.contiguous_format):
+    """One pass over ``data`` in a random order drawn from ``gen``: ``(x, y)`` batches, ``x`` in
+    [0, 1], augmented (:func:`augment_batch`) when asked, in ``memory_format``."""
+    perm = torch.randperm(len(data), generator=gen)
+    for s in range(0, len(data), batch_size):
+        idx = perm[s:s + batch_size]
+        x = data.images_u8[idx].float().div_(255)
+        if augment:
+            x = augment_batch(x, gen)
+        yield x.contiguous(memory_format=memory_format), data.labels[idx]
+
+
 @torch.no_grad()
 def recompute_batchnorm(model: nn.Module, data: ImageSet, gen: torch.Generator, *, batch_size: int = 128,
                         augment: bool = True, memory_format: torch.memory_format = torch.contiguous_format) -> None:
     """Set every BatchNorm layer's running mean and variance to their average over one pass of
     ``data`` (augmented as in training), as SWA needs: the statistics collected for the individual
-    iterates do not describe the averaged weights. Same as ``torch.optim.swa_utils.update_bn``."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches
-    was_training = model.training
-    model.train()
-    perm = torch.randperm(len(data), generator=gen)
-    for s in progress(range(0, len(data), batch_size), desc="batchnorm statistics", unit="batch"):
-        x = data.images_u8[perm[s:s + batch_size]].float().div_(255)
-        if augment:
-            x = augment_batch(x, gen)
-        model(x.contiguous(memory_format=memory_format))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.train(was_training)
+    iterates do not describe the averaged weights. ``torch.optim.swa_utils.update_bn`` over
+    :func:`training_batches`."""
+    batches = (x for x, _ in training_batches(data, gen, batch_size, augment, memory_format))
+    n = math.ceil(len(data) / batch_size)
+    update_bn(progress(batches, total=n, desc="batchnorm statistics", unit="batch"), model)

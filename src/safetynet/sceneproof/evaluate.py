@@ -180,7 +180,7 @@ def _frames_from_config(bundle: SceneProof, data_dir: str | None) -> tuple[Frame
         cfg.register = False
     cfg.data_dir = data_dir if data_dir is not None else None
     # Registration as the bundle's training applied it (recorded in the bundle), not re-estimated.
-    saved_reg = bundle.settings["training"].get("data", {}).get("registration") if cfg.register else None
+    saved_reg = bundle.settings["training"]["data"].get("registration") if cfg.register else None
     _, val_fs, info = load_frames(cfg, validation_only=True, registration=saved_reg)
     expected = bundle.settings["training"]["data"].get("real_val_sources")
     if expected is not None and info.get("real_val_sources") is not None:

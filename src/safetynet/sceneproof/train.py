@@ -219,18 +219,17 @@ def register_scenes(train: list, val: list, *, min_frames: int = 20, min_gain: f
             report[scene] = dict(entry)
             if entry.get("verdict") == "applied":
                 regs[scene] = Registration(**{k: entry[k] for k in fields})
-        by_scene: dict[str, list] = {}
     else:
-        by_scene = {}
+        by_scene: dict[str, list] = {}
         for f in train:
             by_scene.setdefault(f.scene, []).append(f)
-    for scene, group in by_scene.items():
-        reg, verdict = calibrate_registration(*stack_frames(group), min_gain=min_gain, min_frames=min_frames)
-        if len(group) >= min_frames:
-            report[scene] = {**reg.to_dict(), "verdict": verdict}
-            log.info("registration of %s: %s %s", scene, verdict, reg.to_dict())
-        if verdict == "applied":
-            regs[scene] = reg
+        for scene, group in by_scene.items():
+            reg, verdict = calibrate_registration(*stack_frames(group), min_gain=min_gain, min_frames=min_frames)
+            if len(group) >= min_frames:
+                report[scene] = {**reg.to_dict(), "verdict": verdict}
+                log.info("registration of %s: %s %s", scene, verdict, reg.to_dict())
+            if verdict == "applied":
+                regs[scene] = reg
 
     def apply(frames: list) -> list:
         out = []
