@@ -9,7 +9,8 @@ import pytest
 
 from safetynet.cli import main
 from safetynet.errors import InputError
-from safetynet.experiment import ExperimentConfig, _stratified_order, attack_grid, run_experiment
+from safetynet.experiment import ExperimentConfig, attack_grid, run_experiment
+from safetynet.experiment.run import _stratified_order
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,158 +42,12 @@ from torch import nn
 
 from .._job import start_job
 from ..errors import InputError
+from ..evaluation.rows import ATTACK_ROWS, DEFENCES, TRANSFER_ROWS, AttackRow, base_row, expand_rows  # noqa: F401
+from .config import RobustnessConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ATTACK_ROWS", "DEFENCES", "AttackRow", "RobustnessConfig", "base_row", "default_layers", "run_robustness"]
-
-#: Defence columns of Table 4, in order.
-DEFENCES = ("ori", "subnet", "det_a", "det_ens")
-DEFENCE_TITLES = {"ori": "Ori", "subnet": "Subnet Det", "det_a": "Det A", "det_ens": "Det ensemble"}
-NORMS = ("linf", "l2")
-
-
-@dataclass(frozen=True)
-class AttackRow:
-    """One row of Table 4: an attack family."""
-
-    key: str
-    label: str
-    kind: str  # "I" (fool the classifier) or "II" (fool the classifier and evade the detector)
-    access: str  # "white" or "black"
-    norms: tuple[str, ...]
-    per_defence: bool  # crafted against each defence (adaptive) or once and replayed on all
-    minimisation: bool = False  # runs once without a budget and is clipped to each eps
-    surrogate: str | None = None  # transfer rows: the tag of the surrogate they are crafted on
-
-
-def base_row(key: str) -> AttackRow:
-    """The :data:`ATTACK_ROWS` family of a (possibly per-surrogate, ``family@tag``) row key."""
-    return ATTACK_ROWS[key.split("@", 1)[0]]
-
-
-#: Rows crafted on a surrogate (expanded once per surrogate).
-TRANSFER_ROWS = ("transfer-fgsm", "transfer-bim", "finetune-tf", "subnet-tf")
-
-
-ATTACK_ROWS: dict[str, AttackRow] = {r.key: r for r in (
-    AttackRow("bim", "Gradient descent (I): BIM", "I", "white", NORMS, False),
-    AttackRow("type2", "Gradient descent (II): smoothed (paper)", "II", "white", NORMS, True),
-    AttackRow("bpda", "BPDA / straight-through (II)", "II", "white", NORMS, True),
-    AttackRow("opgd", "Orthogonal PGD (II)", "II", "white", NORMS, True),
-    AttackRow("code-matching", "Code matching (II)", "II", "white", ("linf",), True),
-    AttackRow("hsja", "HopSkipJump, hard label (II)", "II", "black", NORMS, True, minimisation=True),
-    AttackRow("transfer-fgsm", "Surrogate FastSign TF (I)", "I", "black", ("linf",), False),
-    AttackRow("transfer-bim", "Surrogate GradDesc TF (I)", "I", "black", NORMS, False),
-    AttackRow("finetune-tf", "Surrogate Finetune TF (II)", "II", "black", NORMS, False),
-    AttackRow("subnet-tf", "Surrogate Subnet Det TF (II)", "II", "black", NORMS, False),
-)}
-
-_EPS_DEFAULTS = {
-    "digits": {"linf": [0.05, 0.1, 0.2], "l2": [0.5, 1.0, 2.0]},
-    "cifar10": {"linf": [2 / 255, 4 / 255, 8 / 255], "l2": [0.25, 0.5, 1.0]},
-    # SceneProof: budgets on the encoded depth channel only (the bundle's own attacks use 0.03).
-    "sceneproof": {"linf": [0.015, 0.03, 0.06], "l2": [0.5, 1.0, 2.0]},
-}
-DATASETS = ("digits", "cifar10", "cifar10-sample", "sceneproof")
-
-
-@dataclass
-class RobustnessConfig:
-    model: str | None = None  # checkpoint folder or shipped name; None: digits trains a tiny SmallCNN, sceneproof the shipped bundle
-    dataset: str = "digits"  # digits | cifar10 | cifar10-sample | sceneproof
-    data_dir: str | None = None  # CIFAR-10 folder; sceneproof: the data root holding rgbd/ (default ../shared/data)
-    n: int = 100  # first n test images, unshuffled, are attacked
-    n_fit: int = 600  # training images (seeded subset) to fit the detectors on
-    norms: list[str] = field(default_factory=lambda: ["linf", "l2"])
-    eps_linf: list[float] | None = None  # None: digits 0.05/0.1/0.2, CIFAR-10 2/4/8 / 255, sceneproof 0.015/0.03/0.06
-    eps_l2: list[float] | None = None  # None: digits 0.5/1/2, CIFAR-10 0.25/0.5/1, sceneproof 0.5/1/2
-    attacks: list[str] = field(default_factory=lambda: list(ATTACK_ROWS))
-    sharpness: list[float] = field(default_factory=lambda: [1.0, 10.0, 100.0])  # lambda sweep (type2)
-    gamma_scale: list[float] = field(default_factory=lambda: [1.0, 0.1])  # RBF gamma multipliers (sigma sweep)
-    steps: int = 30  # iterations of the white-box attacks
-    fit_eps: float | None = None  # BIM-L∞ budget of the fit adversarials; None: the middle eps_linf
-    layers_a: list[str] | None = None  # Det A layer(s); None: see default_layers()
-    layers_ensemble: list[str] | None = None  # Det ensemble layers; None: the model's late ReLUs
-    pool: int | None = 4  # spatial average pooling of conv maps before quantizing (None: all units)
-    levels: int = 2  # 2 = binary codes, 4 = quaternary
-    metzen_epochs: int = 10
-    surrogate_models: list[str] | None = None  # checkpoints of transfer surrogates; None: train them
-    surrogate_archs: list[str] | None = None  # trained surrogates' architectures; None: the target's (another seed)
-    surrogate_epochs: int = 4
-    hsja_queries: int = 1000  # HopSkipJump query budget per image
-    hsja_steps: int = 40
-    extend_eps: int = 2  # type-II budgets are doubled up to this many times until success = 100 %
-    target_fpr: float = 0.05  # operating point of the TPR column
-    positive_class: int | None = None  # binary tasks: also report the paper's F->T / T->F
-    headline: dict[str, float] | None = None  # eps per norm for Table 4; None: the middle of each list
-    batch_size: int = 250
-    seed: int = 0
-    threads: int = 1
-    out: str = "runs/robustness"
-
-    def eps(self, norm: str) -> list[float]:
-        given = self.eps_linf if norm == "linf" else self.eps_l2
-        if given is not None:
-            return sorted(float(e) for e in given)
-        key = "cifar10" if self.dataset.startswith("cifar10") else self.dataset
-        return list(_EPS_DEFAULTS[key][norm])
-
-    def fit_budget(self) -> float:
-        """BIM-L∞ budget of the detectors' (and surrogates' own) training adversarials."""
-        return self.fit_eps if self.fit_eps is not None else self.eps("linf")[len(self.eps("linf")) // 2]
-
-    def validate(self) -> None:
-        if self.dataset not in DATASETS:
-            raise InputError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
-        if self.model is None and self.dataset not in ("digits", "sceneproof"):
-            raise InputError(f"give --model (a checkpoint folder) for {self.dataset}; only digits trains its own tiny model")
-        for name in ("n", "n_fit", "steps", "metzen_epochs", "surrogate_epochs", "hsja_queries", "hsja_steps",
-                     "batch_size", "threads"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{name} must be a positive integer, got {v!r}")
-        if self.n_fit < 20:
-            raise InputError(f"n_fit must be >= 20 to fit the detectors, got {self.n_fit}")
-        if isinstance(self.extend_eps, bool) or not isinstance(self.extend_eps, int) or self.extend_eps < 0:
-            raise InputError(f"extend_eps must be an integer >= 0, got {self.extend_eps!r}")
-        bad = [a for a in self.attacks if a not in ATTACK_ROWS]
-        if bad or not self.attacks:
-            raise InputError(f"unknown attacks {bad}; choose from {', '.join(ATTACK_ROWS)}")
-        bad = [m for m in self.norms if m not in NORMS]
-        if bad or not self.norms:
-            raise InputError(f"norms must be a non-empty subset of {list(NORMS)}, got {self.norms}")
-        for norm in self.norms:
-            eps = self.eps(norm)
-            if not eps or any(not (math.isfinite(e) and e > 0) for e in eps):
-                raise InputError(f"eps for {norm} must be positive finite numbers, got {eps}")
-        for name in ("sharpness", "gamma_scale"):
-            v = getattr(self, name)
-            if not v or any(not (math.isfinite(e) and e > 0) for e in v):
-                raise InputError(f"{name} must be a non-empty list of positive numbers, got {v}")
-        if not 0 < self.target_fpr < 1:
-            raise InputError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
-        if self.levels not in (2, 4):
-            raise InputError(f"levels must be 2 or 4, got {self.levels}")
-        if self.surrogate_models is not None and self.surrogate_archs is not None:
-            raise InputError("give either surrogate_models (checkpoints) or surrogate_archs (train them), not both")
-        for name in ("surrogate_models", "surrogate_archs"):
-            v = getattr(self, name)
-            if v is not None and (not v or not all(isinstance(e, str) and e for e in v)):
-                raise InputError(f"{name} must be a non-empty list of names, got {v!r}")
-        if self.dataset == "sceneproof" and self.surrogate_archs is not None:
-            raise InputError("sceneproof cannot train surrogates here; give --surrogate-model (or none: the bundle's)")
-        if self.surrogate_models is not None:
-            for m in self.surrogate_models:
-                if not Path(m).is_dir():
-                    raise InputError(f"surrogate checkpoint folder {m} does not exist; give a folder written by "
-                                     "`safetynet train` (model.safetensors + config.json)")
-
-    def surrogate_specs(self) -> list[tuple[str, str]]:
-        """``[(kind, value)]`` per surrogate: ``("model", folder)`` or ``("arch", name)`` (None: the target's)."""
-        if self.surrogate_models is not None:
-            return [("model", m) for m in self.surrogate_models]
-        return [("arch", a) for a in (self.surrogate_archs or [""])]
 
 
 # ------------------------------------------------------------------------------------ set-up
@@ -385,7 +238,7 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
     }
 
     ctx = _Context(cfg, model, defences, x_nat, y_nat, out, arch, xt, yt, mask=mask, bundle_surrogate=bundle_surrogate)
-    rows_wanted = _expand_rows(cfg.attacks, ctx.surrogate_tags)
+    rows_wanted = expand_rows(cfg.attacks, ctx.surrogate_tags)
 
     # -- the non-attack row ------------------------------------------------------------------------
     t0 = time.time()
@@ -460,20 +313,6 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
     write_robustness_report(out, cfg, results)
     log.info("robustness report written to %s in %.0f s", out / "report.md", results["seconds"])
     return results
-
-
-def _expand_rows(attacks: list[str], tags: list[str]) -> list[AttackRow]:
-    """The rows to run: each transfer family once per surrogate (suffixed ``@tag`` when there are several)."""
-    rows = []
-    for a in attacks:
-        row = ATTACK_ROWS[a]
-        if a not in TRANSFER_ROWS:
-            rows.append(row)
-        elif len(tags) == 1:
-            rows.append(dataclasses.replace(row, surrogate=tags[0]))
-        else:
-            rows.extend(dataclasses.replace(row, key=f"{a}@{t}", label=f"{row.label} from {t}", surrogate=t) for t in tags)
-    return rows
 
 
 def _svm_info(net: Any) -> dict[str, Any]:

@@ -31,7 +31,6 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ import torch
 
 from .._job import Laps
 from ..errors import InputError
+from .evaluate_config import EvaluateConfig
 from .model import (
     FAKE,
     REAL,
@@ -59,22 +59,6 @@ UNSEEN_KINDS = ("zero_depth", "down_up_sample", "jpeg_degrade", "rendered")
 UNSEEN_NAMES = {"zero_depth": "zero D channel", "down_up_sample": "down-up sampled", "jpeg_degrade": "low quality JPEG",
                 "rendered": "rendered (simulator)", "icl-nuim": "rendered (ICL-NUIM)"}
 HELDOUT_FAKES = ("zero_depth", "swap_depth", "shift_scale_depth", "jpeg_degrade")
-
-
-@dataclass
-class EvaluateConfig:
-    model: str | None = None  # bundle folder; None: the shipped one
-    out: str = "sceneproof-eval"  # folder for report.md, results.json, figures/
-    data_dir: str | None = None  # folder holding rgbd/ and rgbd-heldout/; None: $SAFETYNET_DATA or ../shared/data
-    n_attack: int = 200  # validation patches attacked (half real, half fake)
-    eps: float | None = None  # L-inf budget on the depth channel; None: the detectors' training budget
-    steps: int = 10  # type I (BIM) iterations
-    type2_steps: int = 20  # type II iterations
-    sharpness: float = 10.0  # type II sigmoid sharpness (lambda)
-    gamma_scale: float = 0.1  # type II RBF widening (gamma multiplier)
-    seed: int = 0
-    heldout: bool = True  # also judge rgbd-heldout/ captures
-    threads: int = 1
 
 
 # ------------------------------------------------------------------------------------- table rows

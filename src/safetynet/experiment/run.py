@@ -30,97 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._job import start_job
-from .errors import InputError
+from .._job import start_job
+from ..errors import InputError
+from .config import DETECTOR_TITLES, DETECTORS, AttackSetting, ExperimentConfig, attack_grid  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-DETECTORS = ("svm-binary", "svm-quaternary", "svm-pooled", "metzen")
-DETECTOR_TITLES = {"svm-binary": "SafetyNet (binary codes)", "svm-quaternary": "SafetyNet (quaternary codes)",
-                   "svm-pooled": "SafetyNet (quaternary codes, pooled)",
-                   "metzen": "Metzen et al. subnetwork", "confidence": "Confidence (max softmax)"}
-
-
-@dataclass(frozen=True)
-class AttackSetting:
-    """One point of the attack grid: an attack, its budget and hyperparameters."""
-
-    key: str  # short id used in file names and JSON, e.g. "fgsm-8"
-    label: str  # human-readable, e.g. "FGSM ε=8/255"
-    family: str  # FGSM | BIM-Linf | BIM-L2 | DeepFool-L2 | DeepFool-top5
-    attack: str  # name in safetynet.attacks.ATTACKS
-    eps: float | None = None
-    params: tuple[tuple[str, Any], ...] = ()
-    top_k: int | None = None  # DeepFool-top-k: the label must leave the original top-k
-
-    def build(self):
-        from .attacks import make_attack
-
-        return make_attack(self.attack, **dict(self.params))
-
-
-def attack_grid(name: str) -> tuple[AttackSetting, ...]:
-    """``demo``: one setting per attack family (fits the 5-minute demo); ``paper``: several ε each."""
-    if name == "demo":
-        return (
-            AttackSetting("fgsm-8", "FGSM ε=8/255", "FGSM", "fgsm", 8 / 255),
-            AttackSetting("bim-linf-4", "BIM-L∞ ε=4/255", "BIM-Linf", "bim", 4 / 255, (("steps", 5), ("step_size", 1.5 / 255))),
-            AttackSetting("bim-l2-0.5", "BIM-L2 ε=0.5", "BIM-L2", "bim-l2", 0.5, (("steps", 5),)),
-            AttackSetting("deepfool-l2", "DeepFool-L2", "DeepFool-L2", "deepfool", None, (("steps", 50), ("overshoot", 0.02))),
-            AttackSetting("deepfool-top5", "DeepFool-top-5", "DeepFool-top5", "deepfool", None,
-                          (("steps", 50), ("overshoot", 0.02)), top_k=5),
-        )
-    if name == "paper":
-        return (
-            AttackSetting("fgsm-2", "FGSM ε=2/255", "FGSM", "fgsm", 2 / 255),
-            AttackSetting("fgsm-4", "FGSM ε=4/255", "FGSM", "fgsm", 4 / 255),
-            AttackSetting("fgsm-8", "FGSM ε=8/255", "FGSM", "fgsm", 8 / 255),
-            AttackSetting("bim-linf-2", "BIM-L∞ ε=2/255", "BIM-Linf", "bim", 2 / 255, (("steps", 10), ("step_size", 0.5 / 255))),
-            AttackSetting("bim-linf-4", "BIM-L∞ ε=4/255", "BIM-Linf", "bim", 4 / 255, (("steps", 10), ("step_size", 1 / 255))),
-            AttackSetting("bim-linf-8", "BIM-L∞ ε=8/255", "BIM-Linf", "bim", 8 / 255, (("steps", 10), ("step_size", 2 / 255))),
-            AttackSetting("bim-l2-0.25", "BIM-L2 ε=0.25", "BIM-L2", "bim-l2", 0.25, (("steps", 10),)),
-            AttackSetting("bim-l2-0.5", "BIM-L2 ε=0.5", "BIM-L2", "bim-l2", 0.5, (("steps", 10),)),
-            AttackSetting("bim-l2-1", "BIM-L2 ε=1.0", "BIM-L2", "bim-l2", 1.0, (("steps", 10),)),
-            AttackSetting("deepfool-l2", "DeepFool-L2", "DeepFool-L2", "deepfool", None, (("steps", 50), ("overshoot", 0.02))),
-            AttackSetting("deepfool-top5", "DeepFool-top-5", "DeepFool-top5", "deepfool", None,
-                          (("steps", 50), ("overshoot", 0.02)), top_k=5),
-        )
-    raise InputError(f"unknown attack grid {name!r}; choose 'demo' or 'paper'")
-
-
-@dataclass
-class ExperimentConfig:
-    dataset: str = "cifar10-sample"  # cifar10-sample (embedded, offline) | cifar10 (needs data_dir) | digits (tests)
-    data_dir: str | None = None
-    model: str = "cifar10-resnet20"  # shipped model name or checkpoint folder
-    layer: str = "layer3.2.relu"  # the last residual stage ("x5" in the paper)
-    pool: int | None = None  # None: all 64x8x8 = 4096 units, as the paper taps the whole layer
-    # The "svm-pooled" detector: quaternary codes of the tapped maps average-pooled to
-    # pooled x pooled per channel. With a few thousand training examples the 4,096-unit codes are
-    # data-starved; on a validation split of CIFAR-10 *training* images (ResNet-20, 1,400 natural +
-    # 1,400 adversarial) global pooling raised AUC from 0.76 to 0.82 (BIM-L∞ 4/255) and from 0.60
-    # to 0.73 (DeepFool-L2). Not in the paper: reported beside its full codes.
-    pooled: int = 1
-    n_train: int | None = None  # clean images attacked to train detectors (default: half the sample / 2000)
-    n_test: int | None = None  # clean images attacked to test them (default: the other half / 1000)
-    grid: str = "demo"  # demo | paper
-    metzen_epochs: int = 10
-    train_attack: str | None = None  # highlight in the report (the paper's Figure 2C trains on L∞); default BIM-L∞
-    batch_size: int = 250
-    seed: int = 0
-    threads: int = 2
-    out: str = "safetynet-demo"
-
-    def validate(self) -> None:
-        for name in ("n_train", "n_test"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 20):
-                raise InputError(f"{name} must be an integer >= 20, got {v!r}")
-        if isinstance(self.pooled, bool) or not isinstance(self.pooled, int) or self.pooled < 1:
-            raise InputError(f"pooled must be a positive integer (pooled x pooled per channel), got {self.pooled!r}")
-        if self.metzen_epochs < 1:
-            raise InputError(f"metzen_epochs must be >= 1, got {self.metzen_epochs}")
-        attack_grid(self.grid)
 
 
 # ------------------------------------------------------------------------------------ data
@@ -139,7 +53,7 @@ def _stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
 
 def load_splits(cfg: ExperimentConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Images and labels for detector training and testing, plus a provenance dict."""
-    from .data import load_dataset
+    from ..data import load_dataset
 
     if cfg.dataset == "cifar10-sample":
         data = load_dataset("cifar10-sample", "test")
@@ -190,8 +104,8 @@ class AttackOutcome:
 
 def run_attack(model: nn.Module, setting: AttackSetting, x: torch.Tensor, y: torch.Tensor,
                batch_size: int, desc: str) -> AttackOutcome:
-    from .attacks import Misclassification, TopKMisclassification
-    from .progress import progress
+    from ..attacks import Misclassification, TopKMisclassification
+    from ..progress import progress
 
     attack = setting.build()
     advs, succ = [], []
@@ -211,13 +125,13 @@ def run_attack(model: nn.Module, setting: AttackSetting, x: torch.Tensor, y: tor
 # ------------------------------------------------------------------------------------ main job
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     """Run the whole experiment; writes ``report.md``, ``results.json`` and figures to ``cfg.out``."""
-    from .codes import ActivationQuantizer, layer_activations
-    from .detectors import CodeSVMDetector
-    from .detectors.confidence import ConfidenceDetector
-    from .detectors.metzen import MetzenDetector
-    from .models import resolve_model
-    from .progress import progress
-    from .taps import extract_activations
+    from ..codes import ActivationQuantizer, layer_activations
+    from ..detectors import CodeSVMDetector
+    from ..detectors.confidence import ConfidenceDetector
+    from ..detectors.metzen import MetzenDetector
+    from ..models import resolve_model
+    from ..progress import progress
+    from ..taps import extract_activations
 
     cfg.validate()
     t_start = time.time()
@@ -327,7 +241,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     results["provenance"] = {k: v for k, v in provenance.items() if not k.endswith("indices")}
     results["model"] = model_source
     results["seconds"] = round(time.time() - t_start, 1)
-    from .experiment_report import write_experiment_report
+    from .report import write_experiment_report
 
     write_experiment_report(out, cfg, results, settings, usable, scores, conf_scores, provenance)
     log.info("report written to %s in %.0f s", out / "report.md", results["seconds"])
@@ -352,7 +266,7 @@ def _score_all(score_fn, nat_te, miss_te, adv_by_key, all_by_key, settings) -> d
 
 
 def _summarise(cfg, settings, usable, outcomes, scores, conf, conf_scores, fitted_params, clean) -> dict[str, Any]:
-    from .evaluation.metrics import cross_attack_matrix, detection_metrics
+    from ..evaluation.metrics import cross_attack_matrix, detection_metrics
 
     attacks = []
     for s in settings:

@@ -8,9 +8,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .evaluation.metrics import CrossAttackMatrix
-from .evaluation.plots import plot_cross_attack_heatmap, plot_roc_curves, plot_success_vs_accuracy
-from .evaluation.report import MarkdownReport, write_results_json
+from ..evaluation.metrics import CrossAttackMatrix
+from ..evaluation.plots import plot_cross_attack_heatmap, plot_roc_curves, plot_success_vs_accuracy
+from ..evaluation.report import MarkdownReport, write_results_json
+from .config import DETECTOR_TITLES, DETECTORS
 
 PCT = "{:.1%}"
 
@@ -21,7 +22,6 @@ def _pct(v: Any) -> str:
 
 def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: Sequence, usable: Sequence,
                             scores: dict, conf_scores: dict, provenance: dict) -> None:
-    from .experiment import DETECTOR_TITLES, DETECTORS
 
     fig_dir = out / "figures"
     labels = {s.key: s.label for s in settings}
