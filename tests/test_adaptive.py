@@ -281,7 +281,7 @@ def test_adaptive_attacks_change_only_the_masked_pixels(digits):
 # -- transfer ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def surrogate(tmp_path_factory):
-    from safetynet.robustness.surrogates import train_surrogate
+    from safetynet.evaluation.surrogates import train_surrogate
 
     model, metrics = train_surrogate("smallcnn", 7, dataset="digits", out=tmp_path_factory.mktemp("surrogate"), epochs=4)
     assert metrics["test_acc"] > 0.9
@@ -301,7 +301,7 @@ def test_transfer_replays_surrogate_adversarials(digits, surrogate):
 
 
 def test_finetune_with_adversarial_class(digits, surrogate):
-    from safetynet.robustness.surrogates import (
+    from safetynet.evaluation.surrogates import (
         craft_adversarials,
         finetune_with_adversarial_class,
     )

@@ -179,6 +179,23 @@ class SafetyNet:
         """Boolean (N,): True where SafetyNet rejects the image as adversarial."""
         return self.classify(x).detected
 
+    def restricted(self, layers: Sequence[str]) -> SafetyNet:
+        """A view of this fitted SafetyNet on ``layers`` only, rejecting when any of them fires.
+
+        Shares the fitted quantizers and detectors (nothing is refitted): SceneProof's "Det A" is
+        the fc7 view of its three-layer SafetyNet.
+        """
+        self._fitted()
+        missing = [n for n in layers if n not in self.layers]
+        if missing or not layers:
+            raise InputError(f"layers {list(layers)} must be a non-empty subset of this SafetyNet's {list(self.layers)}")
+        sub = SafetyNet(self.model, layers=list(layers), levels=self.levels, thresholds=self.thresholds,
+                        quantiles=self.quantiles, pool=self.pool, rule="any", detector_params=self.detector_params,
+                        batch_size=self.batch_size)
+        sub.quantizers_ = {n: self.quantizers_[n] for n in layers}
+        sub.ensemble_ = DetectorEnsemble({n: self.ensemble_.detectors[n] for n in layers}, "any")
+        return sub
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Class indices (N,) int64, with :data:`REJECT` (-1) for rejected images."""
         return self.classify(x).labels

@@ -228,6 +228,8 @@ def as_detector_score(detector: Any, sharpness: float = 10.0, gamma_scale: float
         return MetzenScore(detector)
     if isinstance(detector, ExtraClassDetector):
         return ExtraClassScore(detector)
+    if callable(getattr(detector, "detector_score", None)):  # a detector that provides its own surrogate
+        return detector.detector_score(sharpness, gamma_scale)
     raise InputError(f"no differentiable surrogate for a {type(detector).__name__}; pass a SafetyNet, "
                      "MetzenDetector, ExtraClassDetector or a DetectorScore")
 

@@ -35,6 +35,7 @@ __all__ = [
     "threshold_at_fpr",
     "detection_metrics",
     "safetynet_rates",
+    "RATE_LABELS",
     "adversary_success_rate",
     "cross_attack_matrix",
     "score_cross_attack",
@@ -261,6 +262,18 @@ def detection_metrics(scores_natural: object, scores_adversarial: object, thresh
 
 
 # --------------------------------------------------------------------------- classifier + detector
+
+#: How reports print each rate of :func:`safetynet_rates` (one name per rate, everywhere).
+RATE_LABELS = {
+    "misclassified": "wrong",
+    "misclassified_accepted": "W→A",  # wrong label, accepted: the adversary's success against the defence
+    "correct_rejected": "T→T rej",  # right label, rejected: what the detector costs
+    "rejected": "rejected",
+    "detection_on_misclassified": "detected | wrong",
+    "F->T": "F→T",  # binary tasks: a false example labelled true and accepted (per false example)
+    "T->F": "T→F",  # a true example labelled false and accepted (per true example)
+    "T->T reject": "T→T reject",  # a true example labelled true but rejected (per true example)
+}
 
 
 def safetynet_rates(y_true: object, y_pred: object, rejected: object,

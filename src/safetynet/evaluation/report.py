@@ -22,7 +22,7 @@ import numpy as np
 from .._io import write_bytes_atomic
 from ..errors import InputError
 
-__all__ = ["to_jsonable", "environment_info", "write_results_json", "read_results_json", "markdown_table",
+__all__ = ["to_jsonable", "environment_info", "git_commit", "command_line", "reproduce_paragraph", "write_results_json", "read_results_json", "markdown_table",
            "image_link", "MarkdownReport"]
 
 
@@ -77,6 +77,32 @@ def _version(module: str) -> str | None:
         return None
 
 
+def git_commit() -> str | None:
+    """The git commit of the safetynet source tree (with ``-dirty`` for uncommitted changes), or None outside git."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):  # no git binary, or a hung repository: record the absence
+        return None
+
+
+def command_line(argv: Sequence[str] | None = None) -> str | None:
+    """The ``safetynet ...`` command that made a result, from ``argv``; None when it came from Python code."""
+    import shlex
+
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or Path(argv[0]).name not in ("safetynet", "cli.py"):
+        return None
+    return shlex.join(["safetynet", *argv[1:]])
+
+
 def environment_info() -> dict[str, Any]:
     """Versions and machine facts recorded with every result, and a UTC timestamp."""
     import safetynet
@@ -101,6 +127,8 @@ def environment_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch_threads,
         "argv": list(sys.argv),
+        "command": command_line(),
+        "git_commit": git_commit(),
     }
 
 
@@ -225,3 +253,14 @@ class MarkdownReport:
     def write(self) -> Path:
         write_bytes_atomic(self.path, self.render().encode())
         return self.path
+
+
+def reproduce_paragraph(environment: Mapping[str, Any]) -> str:
+    """The report's "Reproduce" text: the recorded command line (never rebuilt by hand) and the commit."""
+    cmd = environment.get("command")
+    commit = environment.get("git_commit") or "unknown"
+    if cmd:
+        return f"```\n{cmd}\n```\nat commit `{commit}`, {environment.get('torch_threads')} torch thread(s). " \
+               "Full configuration, versions and every number: `results.json`."
+    return (f"Made from Python (`{' '.join(environment.get('argv') or [])}`) at commit `{commit}`; the configuration "
+            "is in `results.json`.")

@@ -10,7 +10,8 @@ import numpy as np
 
 from ..evaluation.metrics import CrossAttackMatrix
 from ..evaluation.plots import plot_cross_attack_heatmap, plot_roc_curves, plot_success_vs_accuracy
-from ..evaluation.report import MarkdownReport, write_results_json
+from ..evaluation.metrics import RATE_LABELS
+from ..evaluation.report import MarkdownReport, environment_info, reproduce_paragraph, write_results_json
 from .config import DETECTOR_TITLES, DETECTORS
 
 PCT = "{:.1%}"
@@ -79,14 +80,15 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
         rep.heading(DETECTOR_TITLES[d], level=3)
         rep.table([{"attack": r["label"], "AUC": r["auc"], "detection acc.": r["balanced_accuracy"], "TPR": r["tpr"],
                     "FPR": r["fpr"], "TPR@1%FPR": r["tpr_at_1fpr"], "TPR@5%FPR": r["tpr_at_5fpr"],
-                    "adversary success": r["adversary_success"], "fooled & undetected": r["fooled_undetected"],
-                    "correct but rejected": r["correct_rejected"]} for r in rows],
+                    "adversary success": r["adversary_success"], RATE_LABELS["misclassified_accepted"]: r["misclassified_accepted"],
+                    RATE_LABELS["correct_rejected"]: r["correct_rejected"]} for r in rows],
                   formats={k: PCT for k in ("detection acc.", "TPR", "FPR", "TPR@1%FPR", "TPR@5%FPR", "adversary success",
-                                            "fooled & undetected", "correct but rejected")})
+                                            RATE_LABELS["misclassified_accepted"], RATE_LABELS["correct_rejected"])})
     rep.paragraph(
-        "*fooled & undetected* is the paper's F→T for a multi-class classifier: the share of all attack attempts "
-        "whose result is misclassified **and** passes the detector (the adversary's success against SafetyNet); "
-        "*correct but rejected* is T→T-reject: the attempt left the label right but the detector rejects it.")
+        "*W→A* (wrong and accepted; `misclassified_accepted` in results.json, the same rate as in the robustness "
+        "report) is the paper's F→T for a multi-class classifier: the share of all attack attempts whose result is "
+        "misclassified (top-1) **and** passes the detector; *T→T rej* (`correct_rejected`): the attempt left the label "
+        "right but the detector rejects it. Both from `safetynet.evaluation.metrics.safetynet_rates`.")
     if "fig2" in figures:
         rep.image(figures["fig2"], "adversary success vs detection accuracy")
         rep.image(figures["roc-svm-binary"], "ROC SafetyNet binary")
@@ -128,10 +130,11 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
         rep.table([{"attack": r["label"], "AUC": r["auc"], "TPR": r["tpr"], "FPR": r["fpr"], "TPR@5%FPR": r["tpr_at_5fpr"]}
                    for r in cb["rows"]], formats={"TPR": PCT, "FPR": PCT, "TPR@5%FPR": PCT})
 
+    env = environment_info()
     rep.heading("Reproduce")
-    rep.paragraph("```\n" + _command(cfg) + "\n```\nFull configuration, versions and every number: `results.json`.")
+    rep.paragraph(reproduce_paragraph(env))
     rep.write()
-    write_results_json(out / "results.json", results, config=results["config"])
+    write_results_json(out / "results.json", results, config=results["config"], environment=env)
 
 
 def _generalisation_summary(results: dict[str, Any]) -> dict[str, float]:
@@ -142,19 +145,3 @@ def _generalisation_summary(results: dict[str, Any]) -> dict[str, float]:
             off = auc[~np.eye(len(auc), dtype=bool)]
             out[d] = float(np.nanmean(off))
     return out
-
-
-def _command(cfg) -> str:
-    parts = ["safetynet demo", f"--dataset {cfg.dataset}"]
-    if cfg.data_dir:
-        parts.append(f"--data-dir {cfg.data_dir}")
-    parts += [f"--model {cfg.model}", f"--grid {cfg.grid}", f"--seed {cfg.seed}", f"--out {cfg.out}"]
-    if cfg.n_train:
-        parts.append(f"--n-train {cfg.n_train}")
-    if cfg.n_test:
-        parts.append(f"--n-test {cfg.n_test}")
-    if cfg.pool:
-        parts.append(f"--pool {cfg.pool}")
-    if cfg.pooled != 1:
-        parts.append(f"--pooled {cfg.pooled}")
-    return " ".join(parts)

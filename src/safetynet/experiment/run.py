@@ -24,13 +24,14 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._job import start_job
+from ..evaluation.batched import attack_in_batches, predict
 from ..errors import InputError
 from .config import DETECTOR_TITLES, DETECTORS, AttackSetting, ExperimentConfig, attack_grid  # noqa: F401
 
@@ -82,19 +83,13 @@ def load_splits(cfg: ExperimentConfig) -> tuple[torch.Tensor, torch.Tensor, torc
     raise InputError(f"demo dataset must be 'cifar10-sample', 'cifar10' or 'digits', got {cfg.dataset!r}")
 
 
-@torch.no_grad()
-def predict_labels(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """(top-1 labels, logits) in batches."""
-    logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-    return logits.argmax(1), logits
-
-
 # ------------------------------------------------------------------------------------ attacks
 @dataclass
 class AttackOutcome:
     """Attack results on one image set: the clipped adversarials and the success mask."""
 
     adversarial: torch.Tensor  # (N, C, H, W) clipped
+    y: torch.Tensor  # (N,) the true labels of the attacked images
     success: torch.Tensor  # (N,) bool, re-checked on the clipped images
     pred: torch.Tensor  # (N,) classifier labels on the adversarials
     l2: torch.Tensor  # (N,) perturbation norms
@@ -105,21 +100,15 @@ class AttackOutcome:
 def run_attack(model: nn.Module, setting: AttackSetting, x: torch.Tensor, y: torch.Tensor,
                batch_size: int, desc: str) -> AttackOutcome:
     from ..attacks import Misclassification, TopKMisclassification
-    from ..progress import progress
 
-    attack = setting.build()
-    advs, succ = [], []
+    def goal(yb: torch.Tensor):
+        return TopKMisclassification(yb, k=setting.top_k) if setting.top_k else Misclassification(yb)
+
     t0 = time.time()
-    for i in progress(range(0, len(x), batch_size), desc=desc):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        crit = TopKMisclassification(yb, k=setting.top_k) if setting.top_k else Misclassification(yb)
-        _, adv, ok = attack(model, xb, crit, eps=setting.eps)
-        advs.append(adv)
-        succ.append(ok)
-    adv = torch.cat(advs)
-    pred, _ = predict_labels(model, adv)
-    delta = (adv - x).flatten(1)
-    return AttackOutcome(adv, torch.cat(succ), pred, delta.norm(dim=1), delta.abs().amax(dim=1), time.time() - t0)
+    res = attack_in_batches(setting.build(), model, x, y, goal, eps=setting.eps, batch_size=batch_size, desc=desc)
+    pred, _ = predict(model, res.clipped, batch_size)
+    delta = (res.clipped - x).flatten(1)
+    return AttackOutcome(res.clipped, y, res.success, pred, delta.norm(dim=1), delta.abs().amax(dim=1), time.time() - t0)
 
 
 # ------------------------------------------------------------------------------------ main job
@@ -135,7 +124,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
     cfg.validate()
     t_start = time.time()
-    out = start_job(cfg.threads, cfg.seed, cfg.out)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     settings = attack_grid(cfg.grid)
     model, model_source = resolve_model(cfg.model)
     model.eval()
@@ -144,8 +134,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     x_tr, y_tr, x_te, y_te, provenance = load_splits(cfg)
 
     # Natural examples: clean images the classifier gets right.
-    pred_tr, logits_tr = predict_labels(model, x_tr)
-    pred_te, logits_te = predict_labels(model, x_te)
+    pred_tr, logits_tr = predict(model, x_tr)
+    pred_te, logits_te = predict(model, x_te)
     ok_tr, ok_te = pred_tr == y_tr, pred_te == y_te
     clean = {"train_images": len(y_tr), "test_images": len(y_te),
              "train_accuracy": float(ok_tr.float().mean()), "test_accuracy": float(ok_te.float().mean())}
@@ -233,7 +223,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     conf_scores = {"natural": conf.decision_function(logits_te[ok_te].numpy()), "adversarial": {}}
     for s in settings:
         o = outcomes[s.key]["test"]
-        _, lg = predict_labels(model, o.adversarial[o.success]) if o.success.any() else (None, torch.zeros(0, logits_te.shape[1]))
+        _, lg = predict(model, o.adversarial[o.success]) if o.success.any() else (None, torch.zeros(0, logits_te.shape[1]))
         conf_scores["adversarial"][s.key] = conf.decision_function(lg.numpy()) if len(lg) else np.zeros(0)
 
     results = _summarise(cfg, settings, usable, outcomes, scores, conf, conf_scores, fitted_params, clean)
@@ -266,7 +256,7 @@ def _score_all(score_fn, nat_te, miss_te, adv_by_key, all_by_key, settings) -> d
 
 
 def _summarise(cfg, settings, usable, outcomes, scores, conf, conf_scores, fitted_params, clean) -> dict[str, Any]:
-    from ..evaluation.metrics import cross_attack_matrix, detection_metrics
+    from ..evaluation.metrics import cross_attack_matrix, detection_metrics, safetynet_rates
 
     attacks = []
     for s in settings:
@@ -287,7 +277,9 @@ def _summarise(cfg, settings, usable, outcomes, scores, conf, conf_scores, fitte
         for s in usable:
             sc = scores[d][s.key]
             dm = detection_metrics(sc["natural"], sc["adversarial"][s.key], threshold=0.0)
-            rates = _rates(outcomes[s.key]["test"], sc["all_attempts"][s.key] > 0.0)
+            # every attempt on a natural test image; the attack's success (re-checked) means a wrong label
+            o = outcomes[s.key]["test"]
+            rates = safetynet_rates(o.y.numpy(), o.pred.numpy(), sc["all_attempts"][s.key] > 0.0)
             same.append({"attack": s.key, "label": s.label, "auc": dm.auc, "accuracy": dm.accuracy,
                          "balanced_accuracy": dm.balanced_accuracy, "tpr": dm.tpr, "fpr": dm.fpr,
                          "tpr_at_1fpr": dm.tpr_at_1fpr, "tpr_at_5fpr": dm.tpr_at_5fpr,
@@ -312,20 +304,3 @@ def _summarise(cfg, settings, usable, outcomes, scores, conf, conf_scores, fitte
                               "tpr_at_5fpr": dm.tpr_at_5fpr, "balanced_accuracy": dm.balanced_accuracy})
     return {"config": dataclasses.asdict(cfg), "clean": clean, "attacks": attacks, "detectors": detectors,
             "confidence_baseline": {"threshold": float(conf.threshold_), "rows": conf_rows}}
-
-
-def _rates(outcome: AttackOutcome, rejected: np.ndarray) -> dict[str, float]:
-    """Table-1 style rates over every attack attempt on a natural test image (true label = clean label).
-
-    ``fooled_undetected`` (F→T in the paper's wording: a wrong label gets through) =
-    #(misclassified and not rejected) / #attempts; ``correct_rejected`` (T→T reject) =
-    #(still correct but rejected) / #attempts; ``fooled_detected`` = #(misclassified and
-    rejected) / #misclassified.
-    """
-    fooled = outcome.success.numpy()
-    n = max(len(fooled), 1)
-    return {
-        "fooled_undetected": float((fooled & ~rejected).sum() / n),
-        "correct_rejected": float((~fooled & rejected).sum() / n),
-        "fooled_detected": float((fooled & rejected).sum() / max(fooled.sum(), 1)),
-    }

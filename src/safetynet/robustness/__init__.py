@@ -6,14 +6,14 @@ on the command line)::
     from safetynet.robustness import RobustnessConfig, run_robustness
     results = run_robustness(RobustnessConfig(dataset="digits", n=100, out="runs/robustness-digits"))
 
-Submodules: :mod:`~safetynet.robustness.flags` (AutoAttack-style reliability checks),
-:mod:`~safetynet.robustness.surrogates` (transfer-attack surrogates),
-:mod:`~safetynet.robustness.report` (``report.md`` in the paper's Table-4 layout).
+The computing lives in :mod:`safetynet.evaluation` (the engine, the row registry, the flags,
+the surrogates); this package holds the job's configuration (:mod:`.config`), the job
+(:mod:`.run`) and the rendering of ``report.md`` (:mod:`.report`).
 """
 
 from __future__ import annotations
 
-from .flags import Flag
-from .run import ATTACK_ROWS, RobustnessConfig, run_robustness
+from .config import RobustnessConfig
+from .run import run_robustness
 
-__all__ = ["ATTACK_ROWS", "Flag", "RobustnessConfig", "run_robustness"]
+__all__ = ["RobustnessConfig", "run_robustness"]

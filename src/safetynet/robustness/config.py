@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from ..evaluation.engine import AttackSettings
 from ..evaluation.rows import ATTACK_ROWS, NORMS
 
 __all__ = ["DATASETS", "RobustnessConfig"]
 
-_EPS_DEFAULTS = {
-    "digits": {"linf": [0.05, 0.1, 0.2], "l2": [0.5, 1.0, 2.0]},
-    "cifar10": {"linf": [2 / 255, 4 / 255, 8 / 255], "l2": [0.25, 0.5, 1.0]},
-    # SceneProof: budgets on the encoded depth channel only (the bundle's own attacks use 0.03).
-    "sceneproof": {"linf": [0.015, 0.03, 0.06], "l2": [0.5, 1.0, 2.0]},
-}
 DATASETS = ("digits", "cifar10", "cifar10-sample", "sceneproof")
 
 
@@ -54,16 +50,22 @@ class RobustnessConfig:
     threads: int = 1
     out: str = "runs/robustness"
 
-    def eps(self, norm: str) -> list[float]:
+    def eps(self, norm: str, defaults: Mapping[str, Sequence[float]]) -> list[float]:
+        """The budgets of ``norm``: the configured list, else the task's ``defaults``."""
         given = self.eps_linf if norm == "linf" else self.eps_l2
-        if given is not None:
-            return sorted(float(e) for e in given)
-        key = "cifar10" if self.dataset.startswith("cifar10") else self.dataset
-        return list(_EPS_DEFAULTS[key][norm])
+        return sorted(float(e) for e in (given if given is not None else defaults[norm]))
 
-    def fit_budget(self) -> float:
-        """BIM-L∞ budget of the detectors' (and surrogates' own) training adversarials."""
-        return self.fit_eps if self.fit_eps is not None else self.eps("linf")[len(self.eps("linf")) // 2]
+    def fit_budget(self, defaults: Mapping[str, Sequence[float]]) -> float:
+        """BIM-L∞ budget of the detectors' (and surrogates' own) training adversarials: fit_eps, else the middle L∞ budget."""
+        linf = self.eps("linf", defaults)
+        return self.fit_eps if self.fit_eps is not None else linf[len(linf) // 2]
+
+    def attack_settings(self, eps: Mapping[str, list[float]]) -> AttackSettings:
+        """The engine's settings for budgets ``eps`` (per norm)."""
+        return AttackSettings(eps=dict(eps), steps=self.steps, sharpness=list(self.sharpness),
+                              gamma_scale=list(self.gamma_scale), hsja_queries=self.hsja_queries,
+                              hsja_steps=self.hsja_steps, extend_eps=self.extend_eps, target_fpr=self.target_fpr,
+                              batch_size=self.batch_size, seed=self.seed)
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -86,8 +88,8 @@ class RobustnessConfig:
         if bad or not self.norms:
             raise InputError(f"norms must be a non-empty subset of {list(NORMS)}, got {self.norms}")
         for norm in self.norms:
-            eps = self.eps(norm)
-            if not eps or any(not (math.isfinite(e) and e > 0) for e in eps):
+            eps = self.eps_linf if norm == "linf" else self.eps_l2
+            if eps is not None and (not eps or any(not (math.isfinite(e) and e > 0) for e in eps)):
                 raise InputError(f"eps for {norm} must be positive finite numbers, got {eps}")
         for name in ("sharpness", "gamma_scale"):
             v = getattr(self, name)

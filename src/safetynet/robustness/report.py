@@ -23,22 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+from ..evaluation.report import MarkdownReport, environment_info, reproduce_paragraph, write_results_json
 
-from ..evaluation.report import MarkdownReport, write_results_json
-from .flags import (
-    Flag,
-    check_blackbox_beats_whitebox,
-    check_monotone_in_eps,
-    check_randomness,
-    check_softmax_output,
-    check_unbounded_success,
-    check_zero_gradients,
-    log_flags,
-    safetynet_real_score,
-)
-
-__all__ = ["compute_flags", "table4_rows", "write_robustness_report"]
+__all__ = ["table4_rows", "write_robustness_report"]
 
 DEFENCE_TITLES = {"ori": "Ori", "subnet": "Subnet Det", "det_a": "Det A", "det_ens": "Det ensemble"}
 NORM_TITLES = {"linf": "L∞", "l2": "L2"}
@@ -53,92 +40,6 @@ def _eps(v: float | None) -> str:
         return "-"
     k = v * 255
     return f"{k:.0f}/255" if abs(k - round(k)) < 1e-6 and v < 0.2 and v * 255 >= 1 else f"{v:g}"
-
-
-# ------------------------------------------------------------------------------------ flags
-def compute_flags(cfg: Any, ctx: Any, records: Sequence[dict[str, Any]], x: torch.Tensor, y: torch.Tensor) -> list[Flag]:
-    """Every reliability check of :mod:`safetynet.robustness.flags` on one robustness run."""
-    from ..attacks.adaptive import BPDAScore, SmoothScore
-    from ..attacks.type2 import classifier_loss
-
-    flags: list[Flag] = []
-    xs = x[: min(len(x), 64)]
-    ys = y[: len(xs)]
-    lam = cfg.sharpness[len(cfg.sharpness) // 2]
-    gs = cfg.gamma_scale[-1]
-    model = ctx.model
-
-    def combined(score):
-        def fn(xb):
-            _, s = score(xb)
-            return s.amax(1)
-        return fn
-
-    # kappa=inf: the raw CW margin, never clamped (a clamped margin is flat on images already misclassified)
-    flags.append(check_zero_gradients(lambda xb: classifier_loss(model(xb), ys[: len(xb)], False, "cw", math.inf), xs,
-                                      name="zero_gradients_classifier"))
-    flags[-1].context["defence"] = "ori"
-    for dkey in ("det_a", "det_ens"):
-        net = ctx.defences[dkey].detector
-        for name, fn in (("zero_gradients_real_path", safetynet_real_score(net)),
-                         ("zero_gradients_smooth_surrogate", combined(SmoothScore(net, lam, gs))),
-                         ("zero_gradients_bpda_surrogate", combined(BPDAScore(net, "identity")))):
-            f = check_zero_gradients(fn, xs, name=name)
-            f.context.update({"defence": dkey})
-            if name == "zero_gradients_smooth_surrogate":
-                f.context.update({"sharpness": lam, "gamma_scale": gs})
-            flags.append(f)
-    metzen = ctx.defences["subnet"].detector
-    f = check_zero_gradients(metzen.score_torch, xs, name="zero_gradients_subnet")
-    f.context["defence"] = "subnet"
-    flags.append(f)
-    for dkey, d in ctx.defences.items():
-        flags.append(check_randomness(lambda xb, d=d: d.evaluate(xb, cfg.batch_size), xs, context={"defence": dkey}))
-    flags.append(check_softmax_output(model, xs))
-
-    attacked = [r for r in records if r["attack"] != "none" and r["success"] is not None]
-    # Black box beating white box, per defence, norm and eps. Each row counts with its best success
-    # at any budget up to eps (an adversarial found with a smaller budget is inside the larger ball),
-    # so rows that stopped early (100 % before an extended eps) still take part.
-    by_row: dict[tuple, list[tuple[float, float]]] = {}
-    meta: dict[str, dict] = {}
-    for r in attacked:
-        by_row.setdefault((r["defence"], r["norm"], r["attack"]), []).append((r["eps"], r["success"]))
-        meta[r["attack"]] = r
-    grid: dict[tuple, set] = {}
-    for (dkey, norm, _), pts in by_row.items():
-        grid.setdefault((dkey, norm), set()).update(e for e, _ in pts)
-    for (dkey, norm), eps_set in sorted(grid.items()):
-        for eps in sorted(eps_set):
-            succ, kinds = {}, {}
-            for (d2, n2, attack), pts in by_row.items():
-                if d2 != dkey or n2 != norm or not (meta[attack]["kind"] == "II" or dkey == "ori"):
-                    continue  # type-I rows only try to fool the classifier, not this detector
-                upto = [s_ for e, s_ in pts if e <= eps + 1e-12]
-                if upto:
-                    succ[attack], kinds[attack] = max(upto), meta[attack]["access"]
-            if any(k == "white" for k in kinds.values()) and any(k == "black" for k in kinds.values()):
-                flags.append(check_blackbox_beats_whitebox(succ, kinds, margin=0.02,
-                                                           context={"defence": dkey, "norm": norm, "eps": eps}))
-    # monotone in eps, and full success at the largest eps (type-II attacks on detectors)
-    series: dict[tuple, list[tuple[float, float]]] = {}
-    for r in attacked:
-        series.setdefault((r["attack"], r["defence"], r["norm"], r["kind"], r["access"]), []).append((r["eps"], r["success"]))
-    from .run import base_row
-
-    for (attack, dkey, norm, kind, access), pts in sorted(series.items()):
-        eps = [p[0] for p in pts]
-        succ = [p[1] for p in pts]
-        ctxd = {"attack": attack, "defence": dkey, "norm": norm}
-        # Monotonicity is owed only where the attack pursues the very goal being scored: an adaptive
-        # row against its own defence, or a white-box attack against the bare classifier. A type-I
-        # or transfer attack is legitimately caught more often by a detector at larger budgets.
-        if len(pts) > 1 and (base_row(attack).per_defence or (dkey == "ori" and access == "white")):
-            flags.append(check_monotone_in_eps(eps, succ, tol=0.02, context=ctxd))
-        if kind == "II" and dkey != "ori" and access == "white":
-            flags.append(check_unbounded_success(eps, succ, context=ctxd))
-    log_flags(flags)
-    return flags
 
 
 # ------------------------------------------------------------------------------------ tables
@@ -207,7 +108,9 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
     from ..evaluation.plots import plot_success_vs_eps
 
     out = Path(out)
-    write_results_json(out / "results.json", results, config=dataclasses.asdict(cfg))
+    env = environment_info()
+    config = {k: (v if not hasattr(v, "parameters") else repr(v)) for k, v in dataclasses.asdict(cfg).items()}
+    write_results_json(out / "results.json", results, config=config, environment=env)
     figures: dict[tuple[str, str], Path] = {}
     for norm in cfg.norms:
         for d, title in DEFENCE_TITLES.items():
@@ -219,25 +122,32 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
 
     rep = MarkdownReport(out / "report.md", title="SafetyNet robustness: type-I, type-II, adaptive and black-box attacks")
     c, fit = results["clean"], results["fitted"]
+    fitted_here = "given" not in fit
     rep.paragraph(
         f"Model `{results['model']}` on **{results['dataset']}**; {c['n']} attacked test images "
-        f"({results['provenance']['test']}), clean accuracy {_pct(c['accuracy'])}. Detectors fitted on "
-        f"{fit['natural_fit']} natural vs {fit['adversarial_fit']} BIM-L∞ (ε={_eps(fit['fit_eps_linf'])}) adversarial "
-        f"images ({results['provenance']['fit']}). Run time {results['seconds']:.0f} s, seed {cfg.seed}, "
-        f"{cfg.threads} thread(s)." + (" **Every attack changes only the depth channel** (the SceneProof threat "
-                                       "model); RGB stays bit-identical." if results.get("perturbed") == "depth channel only"
-                                       else ""))
-    det_rows = []
-    for d in ("det_a", "det_ens"):
-        for layer, info in fit[d]["detectors"].items():
-            det_rows.append({"defence": DEFENCE_TITLES[d], "layer": layer, "units": info["units"], "gamma": info["gamma"],
-                             "sigma": info["sigma"], "C": info["C"], "support vectors": info["support_vectors"]})
+        f"({results['provenance']['test']}), clean accuracy {_pct(c['accuracy'])}. "
+        + (f"Detectors fitted on {fit['natural_fit']} natural vs {fit['adversarial_fit']} BIM-L∞ "
+           f"(ε={_eps(fit['fit_eps_linf'])}) adversarial images ({results['provenance']['fit']}). " if fitted_here else
+           f"Defences: the task's own, not refitted ({results['provenance']['fit']}). ")
+        + f"Run time {results['seconds']:.0f} s, seed {cfg.seed}, {env.get('torch_threads')} thread(s)."
+        + (f" **Every attack changes only {results['perturbed'].split('(')[-1].rstrip(')')}** (the threat model); "
+           "the rest of the input stays bit-identical, checked on every result." if results.get("perturbed") != "all pixels"
+           else ""))
     rep.heading("Defences")
-    rep.paragraph(f"**Ori**: the bare classifier. **Subnet Det**: Metzen et al.'s subnetwork on `{fit['subnet']['layer']}`. "
-                  f"**Det A**: SafetyNet ({cfg.levels}-level codes) on {', '.join(f'`{n}`' for n in fit['det_a']['layers'])}. "
-                  f"**Det ensemble**: SafetyNet on {', '.join(f'`{n}`' for n in fit['det_ens']['layers'])}, rejecting "
-                  "when any layer's RBF-SVM fires (the paper's Det ABC).")
-    rep.table(det_rows, formats={"gamma": "{:.4g}", "sigma": "{:.3g}", "C": "{:g}"})
+    if fitted_here:
+        det_rows = []
+        for d in ("det_a", "det_ens"):
+            for layer, info in fit[d]["detectors"].items():
+                det_rows.append({"defence": DEFENCE_TITLES[d], "layer": layer, "units": info["units"], "gamma": info["gamma"],
+                                 "sigma": info["sigma"], "C": info["C"], "support vectors": info["support_vectors"]})
+        rep.paragraph(f"**Ori**: the bare classifier. **Subnet Det**: Metzen et al.'s subnetwork on `{fit['subnet']['layer']}`. "
+                      f"**Det A**: SafetyNet ({cfg.levels}-level codes) on {', '.join(f'`{n}`' for n in fit['det_a']['layers'])}. "
+                      f"**Det ensemble**: SafetyNet on {', '.join(f'`{n}`' for n in fit['det_ens']['layers'])}, rejecting "
+                      "when any layer's RBF-SVM fires (the paper's Det ABC).")
+        rep.table(det_rows, formats={"gamma": "{:.4g}", "sigma": "{:.3g}", "C": "{:g}"})
+    else:
+        rep.table([{"column": d["title"], "detector": f"`{d['detector']}`", "threshold": d["threshold"]}
+                   for d in results["defences"].values()])
 
     rep.heading("Definitions")
     rep.paragraph(
@@ -253,7 +163,7 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
     for norm in cfg.norms:
         eps = _headline(cfg, results, norm)
         rep.heading(f"Table 4 layout, {NORM_TITLES[norm]}, ε = {_eps(eps)}")
-        rows = table4_rows(results, norm, eps, cfg.positive_class)
+        rows = table4_rows(results, norm, eps, results.get("positive_class"))
         cols = [k for k in rows[0] if k not in ("method", "access")]
         rep.table(rows, formats={k: _pct for k in cols})
 
@@ -330,7 +240,7 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
     flags = results["flags"]
     trig = [f for f in flags if f["triggered"]]
     rep.paragraph(f"{len(trig)} of {len(flags)} checks triggered (AutoAttack-style; see "
-                  "`safetynet.robustness.flags`). A triggered `zero_gradients_real_path` is expected for SafetyNet: its "
+                  "`safetynet.evaluation.flags`). A triggered `zero_gradients_real_path` is expected for SafetyNet: its "
                   "quantizer has zero gradient almost everywhere, which is why the type-II rows use smoothing, "
                   "BPDA and black-box attacks. Triggered surrogate-gradient, black-box-beats-white-box, "
                   "monotonicity or no-full-success flags mean the corresponding numbers are lower bounds on what "
@@ -358,6 +268,8 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
                    for tag, s in results["surrogates"].items()], formats={"accuracy": _pct})
     rep.heading("Timings (s)")
     rep.table([{"stage": k, "seconds": v} for k, v in results["timings"].items()], formats={"seconds": "{:.1f}"})
+    rep.heading("Reproduce")
+    rep.paragraph(reproduce_paragraph(env))
     return rep.write()
 
 

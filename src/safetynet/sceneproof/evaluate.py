@@ -45,7 +45,6 @@ from .model import (
     REAL,
     FrameSet,
     PatchAnalysis,
-    PatchSet,
     SceneProof,
     evaluation_patches,
 )
@@ -53,8 +52,12 @@ from .model import (
 log = logging.getLogger(__name__)
 
 TABLE2_COLUMNS = ("Classifier Acc", "B", "A", "B∧A", "A∨B", "A∨B, T")
-RATE_KEYS = ("F→T", "T→F", "T→T reject")
+RATE_KEYS = ("F->T", "T->F", "T->T reject")  # the names of safetynet.evaluation.metrics.safetynet_rates
 DEFENCES = {"Ori": None, "Subnet Det": "M", "Det A": "A", "Det ABC": "ABC"}
+#: The paper's names for the engine's rows (safetynet.evaluation.rows) in SceneProof's Table 4.
+TABLE4_METHODS = {"bim": "Gradient Descent (I)", "type2": "Gradient Descent (II)",
+                  "transfer-fgsm": "Surrogate FastSign TF (I)", "transfer-bim": "Surrogate GradDesc TF (I)",
+                  "finetune-tf": "Surrogate Finetune TF (II)", "subnet-tf": "Surrogate Subnet Det TF (II)"}
 UNSEEN_KINDS = ("zero_depth", "down_up_sample", "jpeg_degrade", "rendered")
 UNSEEN_NAMES = {"zero_depth": "zero D channel", "down_up_sample": "down-up sampled", "jpeg_degrade": "low quality JPEG",
                 "rendered": "rendered (simulator)", "icl-nuim": "rendered (ICL-NUIM)"}
@@ -96,7 +99,7 @@ def table4_cells(y_true: Any, y_pred: Any, rejected: Any | None = None) -> dict[
     yt = np.asarray(y_true)
     rej = np.zeros(yt.shape, dtype=bool) if rejected is None else np.asarray(rejected, dtype=bool)
     r = safetynet_rates(yt, np.asarray(y_pred), rej, positive_class=REAL)
-    return {"F→T": r["F->T"], "T→F": r["T->F"], "T→T reject": r["T->T reject"]}
+    return {k: r[k] for k in RATE_KEYS}
 
 
 def average_rows(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, float]:
@@ -139,59 +142,6 @@ def _analyze(bundle: SceneProof, x: torch.Tensor, batch_size: int = 512) -> Patc
                          metzen=cat(lambda p: p.metzen) if parts[0].metzen is not None else None)
 
 
-def _stratified(ps: PatchSet, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Half real, half fake (spread evenly over fake kinds) indices of ``ps``."""
-    real = np.flatnonzero(ps.kind == "real")
-    pick = [rng.choice(real, size=min(n // 2, len(real)), replace=False)]
-    kinds = [k for k in np.unique(ps.kind) if k != "real"]
-    per = max(1, (n - n // 2) // max(len(kinds), 1))
-    for k in kinds:
-        idx = np.flatnonzero(ps.kind == k)
-        pick.append(rng.choice(idx, size=min(per, len(idx)), replace=False))
-    return np.sort(np.concatenate(pick))
-
-
-def _frames_from_config(bundle: SceneProof, data_dir: str | None) -> tuple[FrameSet, dict[str, Any]]:
-    """Rebuild the validation frames of the bundle's training run (and check they match)."""
-    from .train import SceneProofConfig, load_frames
-
-    saved = dict(bundle.settings.get("training", {}).get("config", {}))
-    if not saved:
-        raise InputError("the bundle has no training config; cannot rebuild its validation split")
-    names = {f.name for f in dataclasses.fields(SceneProofConfig)}
-    cfg = SceneProofConfig(**{k: v for k, v in saved.items() if k in names})
-    if "register" not in saved:  # bundles trained before registration existed used raw depth
-        cfg.register = False
-    cfg.data_dir = data_dir if data_dir is not None else None
-    # Registration as the bundle's training applied it (recorded in the bundle), not re-estimated.
-    saved_reg = bundle.settings["training"]["data"].get("registration") if cfg.register else None
-    _, val_fs, info = load_frames(cfg, validation_only=True, registration=saved_reg)
-    expected = bundle.settings["training"]["data"].get("real_val_sources")
-    if expected is not None and info.get("real_val_sources") is not None:
-        got = [Path(s.split("|")[0]).name for s in info["real_val_sources"]]
-        want = [Path(s.split("|")[0]).name for s in expected]
-        if got != want:
-            raise InputError("the real validation frames differ from those the bundle was calibrated on; "
-                             "point --data-dir at the data it was trained with")
-    return val_fs, {"train_config": saved, **info}
-
-
-def validation_patches(bundle: SceneProof, data_dir: str | None
-                       ) -> tuple[FrameSet, dict[str, Any], dict[str, tuple[PatchSet, np.ndarray, FrameSet]], PatchSet]:
-    """The bundle's validation frames and their grid patches (real + the training fake kinds).
-
-    Returns ``(frames, provenance, {kind: (patches, frame index, frames)}, all patches)``; the
-    same patches for every job that reads them (seeded by the bundle's training seed).
-    """
-    from .train import TRAIN_KINDS
-
-    val_fs, val_info = _frames_from_config(bundle, data_dir)
-    seed = int(bundle.settings["training"]["config"]["seed"]) + 7
-    sets = evaluation_patches(val_fs, TRAIN_KINDS, seed=seed, patch=bundle.patch, stride=bundle.stride,
-                              predictor=bundle.depth_regressor)
-    return val_fs, val_info, sets, PatchSet.concat([v[0] for v in sets.values()])
-
-
 def _load_heldout(bundle: SceneProof, root: Path) -> FrameSet:
     from ..data.rgbd import find_rgbd_items, read_item
     from .verify import prepare_frames
@@ -210,19 +160,14 @@ def _load_heldout(bundle: SceneProof, root: Path) -> FrameSet:
 
 def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
     """Run every table, the held-out check and write ``report.md``, ``results.json`` and figures to ``cfg.out``."""
-    from ..attacks.transfer import DropExtraClass
-    from ..attacks.undetected import ExtraClassDetector
     from ..data.rgbd import load_real_frames
-    from ..detectors.metzen import MetzenDetector
-    from ..evaluation.report import write_results_json
-    from ..robustness.surrogates import finetune_with_adversarial_class
-    from .attacks import (
-        depth_bim,
-        depth_type2,
-        image_channels_unchanged,
-        transfer_attack,
-    )
+    from ..evaluation.batched import predict
+    from ..evaluation.engine import AttackBench, AttackSettings
+    from ..evaluation.report import environment_info, write_results_json
+    from ..evaluation.rows import expand_rows
+    from ..evaluation.surrogates import SurrogatePool
     from .model import fake_frames, grid_patch_set
+    from .task import sceneproof_task, validation_patches
     from .train import TRAIN_KINDS, default_data_dir
     from .verify import verify_frames
 
@@ -237,7 +182,6 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
     eps = float(cfg.eps if cfg.eps is not None else train_cfg["attack_eps"])
     out = Path(cfg.out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(cfg.seed)
     results: dict[str, Any] = {"eps": eps, "unit": "64x64 RGB-D patches unless noted"}
 
     t = time.time()
@@ -255,60 +199,39 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
                                         if ((nat.kind == k) & ~_is_sim(nat.scene)).any() else math.nan for k in sets},
     }
 
-    # ---- attacks on a stratified subset of validation patches
-    idx = _stratified(nat, cfg.n_attack, rng)
-    x_att, y_att = nat.images(torch.as_tensor(idx)), nat.y[torch.as_tensor(idx)]
+    # ---- attacks: Table 4's rows on the evaluation engine (the same rows and defences as
+    # `safetynet robustness --dataset sceneproof`), depth channel only, at one budget.
+    task = sceneproof_task(bundle, data_dir=cfg.data_dir, n=cfg.n_attack, n_fit=cfg.n_fit, seed=cfg.seed)
+    x_att, y_att = task.test_x, task.test_y
+    ok_fit = predict(bundle.model, task.fit_x)[0] == task.fit_y
+    settings = AttackSettings(eps={"linf": [eps]}, steps=cfg.steps, sharpness=[cfg.sharpness],
+                              gamma_scale=[cfg.gamma_scale], extend_eps=0, batch_size=128, seed=cfg.seed)
+    surrogates = None
+    if task.surrogates:
+        surrogates = SurrogatePool([("module", m) for m in task.surrogates.values()], x_nat=task.fit_x[ok_fit],
+                                   y_nat=task.fit_y[ok_fit], x_test=x_att, y_test=y_att, fit_eps=eps, seed=cfg.seed,
+                                   out=out, task_name=task.name, target_arch=task.arch, train_dataset=None,
+                                   metzen_epochs=10, batch_size=128, mask=task.mask)
+    bench = AttackBench(task, task.defences, settings, surrogates, task.fit_x[ok_fit], task.fit_y[ok_fit])
+    keys = ["bim", "type2"] + (["transfer-fgsm", "transfer-bim", "finetune-tf", "subnet-tf"] if surrogates else [])
+    rows = expand_rows(keys, surrogates.tags if surrogates else [])
+    run = bench.run(rows, ["linf"], keep_images=True)
+    times.update({f"engine {k}": v for k, v in run.timings.items()})
+    t = lap("attacks", t)
+    titles = {k: d.title for k, d in task.defences.items()}
+    by_row: dict[str, dict[str, dict[str, float]]] = {}
+    for r in run.records:
+        if r["attack"] != "none":
+            by_row.setdefault(r["attack"], {})[titles[r["defence"]]] = {k: r[k] for k in RATE_KEYS}
+    method = {r.key: r.label for r in rows}
+    x_bim = run.images["bim", "linf", eps, "ori"]
+    a_bim = _analyze(bundle, x_bim)
+    rgb_unchanged = all(r.get("outside_mask_unchanged", False) for r in run.records if r["attack"] != "none")
     a_clean = _analyze(bundle, x_att)
-    attacked: dict[str, tuple[torch.Tensor, PatchAnalysis]] = {}
-    adv, ok = depth_bim(bundle.model, x_att, y_att, eps, steps=cfg.steps)
-    attacked["Gradient Descent (I)"] = (adv, _analyze(bundle, adv))
-    rgb_unchanged = image_channels_unchanged(x_att, adv)
-    t = lap("type1_whitebox", t)
-    type2: dict[str, tuple[torch.Tensor, PatchAnalysis]] = {}
-    for name, letters in (("Subnet Det", "M"), ("Det A", "A"), ("Det ABC", "ABC")):
-        if letters == "M" and bundle.metzen is None:
-            continue
-        adv2, _ = depth_type2(bundle, x_att, y_att, eps, letters=letters, steps=cfg.type2_steps,
-                              sharpness=cfg.sharpness, gamma_scale=cfg.gamma_scale)
-        rgb_unchanged &= image_channels_unchanged(x_att, adv2)
-        type2[name] = (adv2, _analyze(bundle, adv2))
-    t = lap("type2_whitebox", t)
-
-    transfers: dict[str, tuple[torch.Tensor, PatchAnalysis]] = {}
-    if bundle.surrogate is not None:
-        sur = bundle.surrogate.eval()
-        for name, method in (("Surrogate FastSign TF (I)", "fgsm"), ("Surrogate GradDesc TF (I)", "bim")):
-            advt = transfer_attack(sur, x_att, y_att, eps, method=method, steps=cfg.steps)
-            transfers[name] = (advt, _analyze(bundle, advt))
-        # The attacker's own detectors are fitted on validation patches outside the attacked subset.
-        rest = np.setdiff1d(np.arange(len(nat)), idx)
-        own = rng.choice(rest, size=min(600, len(rest)), replace=False)
-        x_own, y_own = nat.images(torch.as_tensor(own)), nat.y[torch.as_tensor(own)]
-        adv_own, ok_own = depth_bim(sur, x_own, y_own, eps, steps=cfg.steps)
-        if int(ok_own.sum()) >= 2:
-            sub_det = MetzenDetector(sur, layer="fc7", epochs=10, widths=(32, 64, 64), seed=cfg.seed).fit(x_own, adv_own[ok_own])
-            advt = transfer_attack(sur, x_att, y_att, eps, method="subnet", surrogate_detector=sub_det,
-                                   steps=cfg.type2_steps)
-            transfers["Surrogate Subnet Det TF (II)"] = (advt, _analyze(bundle, advt))
-            k1 = finetune_with_adversarial_class(sur, x_own, y_own, adv_own[ok_own], epochs=2, seed=cfg.seed)
-            from ..attacks import Misclassification
-            from ..attacks.type2 import ExtraClassScore
-            from ..attacks.undetected import Undetected
-            from .attacks import DepthOnlyTypeII, depth_mask
-
-            ft = DepthOnlyTypeII(ExtraClassScore(k1), mask=depth_mask(), steps=cfg.type2_steps)
-            det = ExtraClassDetector(k1)
-            advs = [ft(DropExtraClass(k1), x_att[i:i + 128], Misclassification(y_att[i:i + 128]) & Undetected(det),
-                       eps=eps).clipped for i in range(0, len(x_att), 128)]
-            advt = torch.cat(advs)
-            transfers["Surrogate Finetune TF (II)"] = (advt, _analyze(bundle, advt))
-        for advt, _ in transfers.values():
-            rgb_unchanged &= image_channels_unchanged(x_att, advt)
-    t = lap("transfer", t)
+    ok = torch.as_tensor(a_bim.pred) != y_att
 
     # ---- Table 2
     ya = y_att.numpy()
-    a_bim = attacked["Gradient Descent (I)"][1]
     t2 = []
     for label, y, a in (("Natural RGBD, False", y_nat, a_nat), ("Natural RGBD, True", y_nat, a_nat),
                         ("Adversarial RGBD, False", ya, a_bim), ("Adversarial RGBD, True", ya, a_bim)):
@@ -337,36 +260,17 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
                               "ICL-NUIM renders stand in for rendered data.")
     t = lap("table3", t)
 
-    # ---- Table 4
-    rows4: list[dict[str, Any]] = []
-
-    def row4(method: str, y: np.ndarray, per_defence: Mapping[str, PatchAnalysis]) -> dict[str, Any]:
-        r: dict[str, Any] = {"Method": method}
-        for dname, a in per_defence.items():
-            cells = defence_rates(y, a).get(dname)
-            if cells is not None:
-                r[dname] = cells
-        return r
-
-    def same(a: PatchAnalysis) -> dict[str, PatchAnalysis]:
-        return {d: a for d in DEFENCES}
-
-    rows4.append(row4("Non Attack Data", y_nat, same(a_nat)))
-    rows4.append(row4("Gradient Descent (I)", ya, same(a_bim)))
-    for name in ("Surrogate FastSign TF (I)", "Surrogate GradDesc TF (I)"):
-        if name in transfers:
-            rows4.append(row4(name, ya, same(transfers[name][1])))
+    # ---- Table 4 (every cell from the engine's records; the non-attack row over all validation patches)
+    rows4: list[dict[str, Any]] = [{"Method": "Non Attack Data", **defence_rates(y_nat, a_nat)}]
+    for key in keys:
+        if key in by_row:
+            rows4.append({"Method": TABLE4_METHODS.get(key, method[key]), **by_row[key]})
     type1_rows = [r for r in rows4 if r["Method"].endswith("(I)")]
-    rows4.append(_average4("Type I Average", type1_rows))
-    gd2 = {"Ori": a_bim, **{d: type2[d][1] for d in type2}}
-    rows4.append(row4("Gradient Descent (II)", ya, gd2))
-    for name in ("Surrogate Finetune TF (II)", "Surrogate Subnet Det TF (II)"):
-        if name in transfers:
-            rows4.append(row4(name, ya, same(transfers[name][1])))
     type2_rows = [r for r in rows4 if r["Method"].endswith("(II)")]
+    rows4.insert(len(type1_rows) + 1, _average4("Type I Average", type1_rows))
     rows4.append(_average4("Type II Average", type2_rows))
     results["table4"] = rows4
-    results["attacked_subset"] = {"n": len(idx), "real": int((ya == REAL).sum()), "fake": int((ya == FAKE).sum()),
+    results["attacked_subset"] = {"n": len(y_att), "real": int((ya == REAL).sum()), "fake": int((ya == FAKE).sum()),
                                   "clean": {d: c for d, c in defence_rates(ya, a_clean).items()},
                                   "type1_whitebox_success_on_classifier": float(ok.float().mean()),
                                   "rgb_channels_bit_identical": bool(rgb_unchanged)}
@@ -374,12 +278,13 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
     # ---- Table 1 (Det A)
     t1 = [{"Method": "Non Attack Data", "Non Attack": defence_rates(y_nat, a_nat)["Det A"]},
           {"Method": "Unfamiliar Data Average",
-           "Non Attack": {"F→T": average_rows([{"v": r["passes as real (A∨B)"]} for r in t3], ["v"])["v"],
-                          "T→F": math.nan, "T→T reject": math.nan}},
-          {"Method": "Gradient Descent Attack", "Type I": defence_rates(ya, a_bim)["Det A"],
-           "Type II": defence_rates(ya, type2["Det A"][1])["Det A"]}]
-    tf1 = [defence_rates(ya, v[1])["Det A"] for k, v in transfers.items() if k.endswith("(I)")]
-    tf2 = [defence_rates(ya, v[1])["Det A"] for k, v in transfers.items() if k.endswith("(II)")]
+           "Non Attack": {"F->T": average_rows([{"v": r["passes as real (A∨B)"]} for r in t3], ["v"])["v"],
+                          "T->F": math.nan, "T->T reject": math.nan}},
+          {"Method": "Gradient Descent Attack", "Type I": by_row["bim"]["Det A"],
+           "Type II": by_row["type2"]["Det A"]}]
+    transfer_keys = [r.key for r in rows if r.surrogate is not None]
+    tf1 = [by_row[k]["Det A"] for k in transfer_keys if method[k].endswith("(I)")]
+    tf2 = [by_row[k]["Det A"] for k in transfer_keys if method[k].endswith("(II)")]
     t1.append({"Method": "Transfer Attack Average",
                "Type I": average_rows(tf1, RATE_KEYS) if tf1 else None,
                "Type II": average_rows(tf2, RATE_KEYS) if tf2 else None})
@@ -412,12 +317,13 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
     results["validation_frames"] = fv
     t = lap("frames", t)
 
-    _figures(out, bundle, nat, a_nat, a_bim, type2, x_att, attacked["Gradient Descent (I)"][0], y_att)
+    _figures(out, bundle, a_nat, a_bim, x_att, x_bim, y_att)
     times["total"] = round(time.time() - t0, 1)
     results["seconds"] = times
     results["data"] = {"validation": {k: v for k, v in val_info.items() if k != "real_val_sources"}}
-    write_results_json(out / "results.json", results, config=dataclasses.asdict(cfg))
-    write_report(out / "report.md", results, bundle)
+    env = environment_info()
+    write_results_json(out / "results.json", results, config=dataclasses.asdict(cfg), environment=env)
+    write_report(out / "report.md", results, bundle, env)
     return results
 
 
@@ -466,9 +372,8 @@ def _heldout(bundle: SceneProof, root: Path, seed: int) -> dict[str, Any]:
     return out
 
 
-def _figures(out: Path, bundle: SceneProof, nat: PatchSet, a_nat: PatchAnalysis, a_bim: PatchAnalysis,
-             type2: Mapping[str, tuple[torch.Tensor, PatchAnalysis]], x_att: torch.Tensor, x_bim: torch.Tensor,
-             y_att: torch.Tensor) -> None:
+def _figures(out: Path, bundle: SceneProof, a_nat: PatchAnalysis, a_bim: PatchAnalysis, x_att: torch.Tensor,
+             x_bim: torch.Tensor, y_att: torch.Tensor) -> None:
     from ..evaluation.plots import new_figure, plot_roc_curves, save_figure
 
     curves = {f"Det {ch} ({layer})": (a_nat.scores[ch], a_bim.scores[ch]) for ch, layer in
@@ -505,9 +410,10 @@ def _rates_cells(cells: Mapping[str, float] | None) -> list[str]:
     return [_pct(cells.get(k)) for k in RATE_KEYS]
 
 
-def write_report(path: Path, results: Mapping[str, Any], bundle: SceneProof) -> Path:
-    """Markdown report of :func:`evaluate_sceneproof`'s results."""
-    from ..evaluation.report import MarkdownReport, environment_info
+def write_report(path: Path, results: Mapping[str, Any], bundle: SceneProof, env: Mapping[str, Any]) -> Path:
+    """Markdown report of :func:`evaluate_sceneproof`'s results; ``env`` is what results.json records."""
+    from ..evaluation.metrics import RATE_LABELS
+    from ..evaluation.report import MarkdownReport, reproduce_paragraph
 
     tr = bundle.settings.get("training", {})
     rep = MarkdownReport(path, title="SceneProof: real vs fake RGB-D, with SafetyNet detectors")
@@ -555,7 +461,7 @@ def write_report(path: Path, results: Mapping[str, Any], bundle: SceneProof) -> 
         cells = {}
         for col in ("Non Attack", "Type I", "Type II"):
             for k, s in zip(RATE_KEYS, _rates_cells(r.get(col))):
-                cells[f"{col} {k}"] = s
+                cells[f"{col} {RATE_LABELS[k]}"] = s
         t1rows.append({"Method": r["Method"], **cells})
     rep.table(t1rows)
     rep.paragraph(results.get("table1_note", ""))
@@ -579,9 +485,9 @@ def write_report(path: Path, results: Mapping[str, Any], bundle: SceneProof) -> 
         row: dict[str, Any] = {"Method": r["Method"]}
         for d in DEFENCES:
             cells = r.get(d)
-            keys = ("F→T", "T→F") if d == "Ori" else RATE_KEYS
+            keys = ("F->T", "T->F") if d == "Ori" else RATE_KEYS
             for k in keys:
-                row[f"{d} {k}"] = _pct(cells.get(k)) if cells else "n/a"
+                row[f"{d} {RATE_LABELS[k]}"] = _pct(cells.get(k)) if cells else "n/a"
         rows.append(row)
     rep.table(rows)
     sub = results["attacked_subset"]
@@ -589,8 +495,9 @@ def write_report(path: Path, results: Mapping[str, Any], bundle: SceneProof) -> 
         f"Attacked subset: {sub['n']} validation patches ({sub['real']} real, {sub['fake']} fake, fakes spread over "
         "the four training kinds). Gradient Descent (I): depth-only BIM on the classifier; (II): the paper's "
         "smoothed attack (sigmoid quantizer, widened RBF, calibrated thresholds) against each defence separately, "
-        "judged by the real detectors; Ori in the (II) row repeats the type-I attack (the bare classifier has no "
-        "detector). Transfer: crafted on a surrogate classifier (another seed, half the width, same training data) "
+        "judged by the real detectors at their calibrated thresholds; against Ori (no detector) the (II) row is a "
+        "CW-PGD on the classifier. Every row runs on the evaluation engine (`safetynet.evaluation.engine`), the same "
+        "as `safetynet robustness --dataset sceneproof`. Transfer: crafted on a surrogate classifier (another seed, half the width, same training data) "
         "and judged on the target; 'Subnet Det TF' also evades a Metzen detector fitted on the surrogate, "
         "'Finetune TF' a surrogate fine-tuned with an extra adversarial class (both fitted on validation patches "
         "outside the attacked subset). RGB channels of every attacked patch are bit-identical to the clean ones: "
@@ -634,7 +541,7 @@ def write_report(path: Path, results: Mapping[str, Any], bundle: SceneProof) -> 
             f"{k} {_pct(v['real'])} real" for k, v in per.items()) + ".")
     gd2 = next((r for r in results["table4"] if r["Method"] == "Gradient Descent (II)"), None)
     if gd2 and gd2.get("Det ABC"):
-        notes.append(f"The white-box type-II attack gets {_pct(gd2['Det ABC']['F→T'])} of fake patches through Det "
+        notes.append(f"The white-box type-II attack gets {_pct(gd2['Det ABC']['F->T'])} of fake patches through Det "
                      "ABC as real: with the RBF width chosen by cross-validation the detectors are smooth enough "
                      "for the smoothed attack (see the SVM gammas in sceneproof.json); the paper's robustness claim "
                      "assumes narrow kernels.")
@@ -644,7 +551,8 @@ def write_report(path: Path, results: Mapping[str, Any], bundle: SceneProof) -> 
     rep.image(path.parent / "figures" / "depth_attack_examples.png", "depth-only attacks")
     rep.heading("Training and timing")
     rep.paragraph(f"Training seconds (one thread): {tr.get('seconds')}. Evaluation seconds: {results.get('seconds')}.")
-    env = environment_info()
+    rep.heading("Reproduce")
+    rep.paragraph(reproduce_paragraph(env))
     rep.paragraph(f"Environment: python {env.get('python')}, torch {env.get('torch')}, {env.get('machine')}, "
                   f"{env.get('torch_threads')} torch thread(s).")
     return rep.write()

@@ -14,8 +14,8 @@ class EvaluateConfig:
     data_dir: str | None = None  # folder holding rgbd/ and rgbd-heldout/; None: $SAFETYNET_DATA or ../shared/data
     n_attack: int = 200  # validation patches attacked (half real, half fake)
     eps: float | None = None  # L-inf budget on the depth channel; None: the detectors' training budget
-    steps: int = 10  # type I (BIM) iterations
-    type2_steps: int = 20  # type II iterations
+    n_fit: int = 600  # other validation patches: the attacker's own surrogate detectors are fitted on them
+    steps: int = 20  # iterations of every white-box attack (type I BIM and type II), as in the engine's rows
     sharpness: float = 10.0  # type II sigmoid sharpness (lambda)
     gamma_scale: float = 0.1  # type II RBF widening (gamma multiplier)
     seed: int = 0

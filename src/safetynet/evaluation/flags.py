@@ -23,6 +23,7 @@ robustness report.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Flag", "check_blackbox_beats_whitebox", "check_monotone_in_eps", "check_randomness",
            "check_softmax_output", "check_unbounded_success", "check_zero_gradients", "log_flags",
-           "safetynet_real_score"]
+           "safetynet_real_score", "compute_flags"]
 
 
 @dataclass
@@ -204,3 +205,93 @@ def check_softmax_output(model: nn.Module, x: torch.Tensor, *, name: str = "soft
     detail = ("the model outputs probabilities: attack losses on saturated softmax lose their gradient; "
               "attack the logits" if probs else "the model outputs logits")
     return Flag(name, probs, detail)
+
+
+def compute_flags(bench: Any, records: Sequence[dict[str, Any]]) -> list[Flag]:
+    """Every reliability check of this module on one run of an :class:`~safetynet.evaluation.engine.AttackBench`."""
+    from ..attacks.adaptive import BPDAScore
+    from ..attacks.type2 import as_detector_score, classifier_loss
+    from ..safetynet import SafetyNet
+    from .defence import smoothable
+    from .rows import base_row
+
+    flags: list[Flag] = []
+    x, y, s = bench.task.test_x, bench.task.test_y, bench.settings
+    xs = x[: min(len(x), 64)]
+    ys = y[: len(xs)]
+    lam = s.sharpness[len(s.sharpness) // 2]
+    gs = s.gamma_scale[-1]
+    model = bench.model
+
+    def combined(score):
+        def fn(xb):
+            _, s = score(xb)
+            return s.amax(1)
+        return fn
+
+    # kappa=inf: the raw CW margin, never clamped (a clamped margin is flat on images already misclassified)
+    flags.append(check_zero_gradients(lambda xb: classifier_loss(model(xb), ys[: len(xb)], False, "cw", math.inf), xs,
+                                      name="zero_gradients_classifier"))
+    flags[-1].context["defence"] = "ori"
+    for dkey, d in bench.defences.items():
+        target = d.target
+        if target is None:
+            continue
+        checks = []
+        if isinstance(target, SafetyNet):  # the hard path and BPDA's surrogate exist for SafetyNet codes only
+            checks += [("zero_gradients_real_path", safetynet_real_score(target)),
+                       ("zero_gradients_bpda_surrogate", combined(BPDAScore(target, "identity")))]
+        # The surrogate the paper's attack differentiates (for a Metzen subnetwork: the network itself).
+        checks.append(("zero_gradients_smooth_surrogate" if smoothable(target) else f"zero_gradients_{dkey}",
+                       combined(as_detector_score(target, lam, gs))))
+        for name, fn in checks:
+            f = check_zero_gradients(fn, xs, name=name)
+            f.context.update({"defence": dkey})
+            if name == "zero_gradients_smooth_surrogate":
+                f.context.update({"sharpness": lam, "gamma_scale": gs})
+            flags.append(f)
+    for dkey, d in bench.defences.items():
+        flags.append(check_randomness(lambda xb, d=d: d.evaluate(xb), xs, context={"defence": dkey}))
+    flags.append(check_softmax_output(model, xs))
+
+    attacked = [r for r in records if r["attack"] != "none" and r["success"] is not None]
+    # Black box beating white box, per defence, norm and eps. Each row counts with its best success
+    # at any budget up to eps (an adversarial found with a smaller budget is inside the larger ball),
+    # so rows that stopped early (100 % before an extended eps) still take part.
+    by_row: dict[tuple, list[tuple[float, float]]] = {}
+    meta: dict[str, dict] = {}
+    for r in attacked:
+        by_row.setdefault((r["defence"], r["norm"], r["attack"]), []).append((r["eps"], r["success"]))
+        meta[r["attack"]] = r
+    grid: dict[tuple, set] = {}
+    for (dkey, norm, _), pts in by_row.items():
+        grid.setdefault((dkey, norm), set()).update(e for e, _ in pts)
+    for (dkey, norm), eps_set in sorted(grid.items()):
+        for eps in sorted(eps_set):
+            succ, kinds = {}, {}
+            for (d2, n2, attack), pts in by_row.items():
+                if d2 != dkey or n2 != norm or not (meta[attack]["kind"] == "II" or dkey == "ori"):
+                    continue  # type-I rows only try to fool the classifier, not this detector
+                upto = [s_ for e, s_ in pts if e <= eps + 1e-12]
+                if upto:
+                    succ[attack], kinds[attack] = max(upto), meta[attack]["access"]
+            if any(k == "white" for k in kinds.values()) and any(k == "black" for k in kinds.values()):
+                flags.append(check_blackbox_beats_whitebox(succ, kinds, margin=0.02,
+                                                           context={"defence": dkey, "norm": norm, "eps": eps}))
+    # monotone in eps, and full success at the largest eps (type-II attacks on detectors)
+    series: dict[tuple, list[tuple[float, float]]] = {}
+    for r in attacked:
+        series.setdefault((r["attack"], r["defence"], r["norm"], r["kind"], r["access"]), []).append((r["eps"], r["success"]))
+    for (attack, dkey, norm, kind, access), pts in sorted(series.items()):
+        eps = [p[0] for p in pts]
+        succ = [p[1] for p in pts]
+        ctxd = {"attack": attack, "defence": dkey, "norm": norm}
+        # Monotonicity is owed only where the attack pursues the very goal being scored: an adaptive
+        # row against its own defence, or a white-box attack against the bare classifier. A type-I
+        # or transfer attack is legitimately caught more often by a detector at larger budgets.
+        if len(pts) > 1 and (base_row(attack).per_defence or (dkey == "ori" and access == "white")):
+            flags.append(check_monotone_in_eps(eps, succ, tol=0.02, context=ctxd))
+        if kind == "II" and dkey != "ori" and access == "white":
+            flags.append(check_unbounded_success(eps, succ, context=ctxd))
+    log_flags(flags)
+    return flags
