@@ -49,8 +49,8 @@ def test_numbers_are_consistent(digits_run):
         for i, row in enumerate(d["same_attack"]):
             assert row["attack"] == keys[i]
             assert row["auc"] == pytest.approx(auc[i, i])  # the diagonal is the same-attack result
-            # fooled & undetected can't exceed the bare classifier's fooling rate
-            assert row["fooled_undetected"] <= row["adversary_success"] + 1e-12
+            # wrong-and-accepted cannot exceed the bare classifier error rate on the same attempts
+            assert row["misclassified_accepted"] <= row["misclassified"] + 1e-12
     # The code SVM separates natural and DeepFool-L2 examples on this model better than chance.
     same = {r["attack"]: r for r in results["detectors"]["svm-binary"]["same_attack"]}
     assert max(r["auc"] for r in same.values()) > 0.7
