@@ -19,7 +19,7 @@ from safetynet.sceneproof.attacks import (
     depth_mask,
     image_channels_unchanged,
 )
-from safetynet.sceneproof.evaluate import (
+from safetynet.sceneproof.tables import (
     average_rows,
     table2_row,
     table3_row,
