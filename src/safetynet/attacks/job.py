@@ -36,9 +36,9 @@ import torch
 from .._io import save_npz_atomic
 from .._validation import check_images
 from ..errors import InputError
-from ..progress import progress
 from . import ATTACKS, make_attack
 from .base import distances
+from .batched import attack_in_batches, predict
 from .criteria import (
     Criterion,
     Misclassification,
@@ -129,35 +129,24 @@ def attack_dataset(cfg: AttackConfig) -> dict:
         targets = (labels + torch.randint(1, num_classes, (cfg.n,), generator=gen)) % num_classes
 
     n_eps = len(eps) if eps is not None else 1
-    parts: dict[str, list[torch.Tensor]] = {key: [] for key in
-                                            ("adv", "pred", "success", "clean_pred", "clean_success", "l2", "linf")}
-    t0 = time.perf_counter()
-    for start in progress(range(0, cfg.n, cfg.batch_size), desc=f"{cfg.attack}", unit="batch"):
-        sl = slice(start, min(start + cfg.batch_size, cfg.n))
-        x = check_images(data.images_u8[sl].float().div_(255), "images")
-        crit = _criterion(cfg, labels[sl], None if targets is None else targets[sl])
-        result = attack(model, x, crit, eps=eps)  # a list: results get a leading K axis
-        adv = result.clipped if eps is not None else result.clipped.unsqueeze(0)  # (K, B, C, H, W)
-        success = result.success if eps is not None else result.success.unsqueeze(0)  # (K, B)
-        with torch.no_grad():
-            clean_logits = model(x)
-            preds = torch.stack([model(a).argmax(1) for a in adv])
-            bound = crit.bind(model, x, clean_logits.shape[1])
-            parts["clean_success"].append(bound(x, clean_logits))
-        norms = distances(x, adv)
-        parts["adv"].append(adv)
-        parts["pred"].append(preds)
-        parts["success"].append(success)
-        parts["clean_pred"].append(clean_logits.argmax(1))
-        parts["l2"].append(norms["l2"])
-        parts["linf"].append(norms["linf"])
-    seconds = time.perf_counter() - t0
+    x = check_images(data.images_u8[: cfg.n].float().div_(255), "images")
+    # The goal of a batch needs its labels and, for a targeted run, its targets: both travel as columns.
+    y_goal = labels[:, None] if targets is None else torch.stack([labels, targets], 1)
 
-    adv = torch.cat(parts["adv"], 1)
-    success = torch.cat(parts["success"], 1)
-    clean_success = torch.cat(parts["clean_success"])
-    l2, linf = torch.cat(parts["l2"], 1), torch.cat(parts["linf"], 1)
-    clean_pred = torch.cat(parts["clean_pred"])
+    def goal(yb: torch.Tensor) -> Criterion:
+        return _criterion(cfg, yb[:, 0], None if targets is None else yb[:, 1])
+
+    t0 = time.perf_counter()
+    res = attack_in_batches(attack, model, x, y_goal, goal, eps=eps, batch_size=cfg.batch_size, desc=cfg.attack)
+    seconds = time.perf_counter() - t0
+    adv = res.clipped if eps is not None else res.clipped.unsqueeze(0)  # (K, N, C, H, W)
+    success = res.success if eps is not None else res.success.unsqueeze(0)  # (K, N)
+    _, clean_logits = predict(model, x, cfg.batch_size)
+    clean_pred = clean_logits.argmax(1)
+    clean_success = goal(y_goal).bind(model, x, clean_logits.shape[1])(x, clean_logits)
+    preds = torch.stack([predict(model, a, cfg.batch_size)[0] for a in adv])
+    norms = distances(x, adv)
+    l2, linf = norms["l2"], norms["linf"]
     provenance = {"config": dataclasses.asdict(cfg), "attack_repr": repr(attack),
                   "model": source, "torch": torch.__version__}
     from .. import __version__
@@ -169,7 +158,7 @@ def attack_dataset(cfg: AttackConfig) -> dict:
         "index": index.numpy(),
         "labels": labels.numpy(),
         "clean_predictions": clean_pred.numpy(),
-        "predictions": torch.cat(parts["pred"], 1).numpy(),
+        "predictions": preds.numpy(),
         "clean_success": clean_success.numpy(),
         "success": success.numpy(),
         "l2": l2.numpy().astype(np.float32),

@@ -33,6 +33,7 @@ from torch import nn
 
 from .._validation import check_images
 from ..errors import InputError
+from ..models.batched import predict_logits
 from .criteria import Criterion
 
 __all__ = ["DetectorLike", "ExtraClassDetector", "MetzenAdapter", "Undetected", "as_detector", "combined_labels",
@@ -86,12 +87,7 @@ class ExtraClassDetector:
     @torch.no_grad()
     def decision_function(self, x: torch.Tensor) -> np.ndarray:
         check_images(x, "x")
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            logits = torch.cat([self.model(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
-        finally:
-            self.model.train(was_training)
+        logits = predict_logits(self.model, x, self.batch_size)
         if logits.shape[1] < 3:
             raise InputError(f"an extra-class detector needs K >= 2 classes plus the extra one, got {logits.shape[1]} outputs")
         return (logits[:, -1] - logits[:, :-1].amax(1)).double().numpy()
@@ -157,12 +153,7 @@ def combined_labels(model: nn.Module, detector: DetectorLike | None, x: torch.Te
 
     This is all a black-box attacker sees (the rejection is an extra label).
     """
-    was_training = model.training
-    model.eval()
-    try:
-        logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was_training)
+    logits = predict_logits(model, x, batch_size)
     labels = logits.argmax(1)
     if detector is not None:
         labels = torch.where(_rejected(as_detector(detector), x), torch.full_like(labels, logits.shape[1]), labels)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .batched import predict
+from ..attacks.batched import predict
 from .metrics import threshold_at_fpr
 
 __all__ = ["CalibratedDetector", "ConfidenceOnImages", "Defence", "Verdicts", "smoothable"]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .batched import attack_in_batches
+from ..attacks.batched import attack_in_batches
 from .defence import Defence, Verdicts, smoothable
 from .metrics import safetynet_rates, tpr_at_fpr
 from .rows import AttackRow, base_row

@@ -69,7 +69,7 @@ def craft_adversarials(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
                        batch_size: int = 256, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """BIM-L∞ adversarials of ``x`` on ``model`` (changing only where ``mask`` is 1); returns ``(clipped images, success)``."""
     from ..attacks import BIM
-    from .batched import attack_in_batches
+    from ..attacks.batched import attack_in_batches
 
     res = attack_in_batches(BIM(steps=steps, step_size=2.5 * eps / steps, mask=mask), model, x, y, eps=eps,
                             batch_size=batch_size)
@@ -150,7 +150,7 @@ class _Surrogate:
     def model(self) -> nn.Module:
         if self._model is None:
             from ..models import load_checkpoint
-            from .batched import predict
+            from ..attacks.batched import predict
 
             pool = self.pool
             if self.kind == "module":

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..evaluation.batched import attack_in_batches, predict
+from ..attacks.batched import attack_in_batches, predict
 from ..errors import InputError
 from .config import DETECTOR_TITLES, DETECTORS, AttackSetting, ExperimentConfig, attack_grid  # noqa: F401
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..evaluation.batched import predict
+from ..attacks.batched import predict
 from ..evaluation.defence import Defence
 from ..evaluation.engine import AttackBench
 from ..evaluation.rows import DEFENCE_TITLES, expand_rows

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..attacks import BIM, FGSM
 from ..errors import InputError
-from ..evaluation.batched import attack_in_batches
+from ..attacks.batched import attack_in_batches
 
 DEPTH_CHANNEL = 3
 

@@ -69,7 +69,7 @@ def _analyze(bundle: SceneProof, x: torch.Tensor, batch_size: int = 512) -> Patc
 def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
     """Run every table, the held-out check and write ``report.md``, ``results.json`` and figures to ``cfg.out``."""
     from ..data.rgbd import load_real_frames
-    from ..evaluation.batched import predict
+    from ..attacks.batched import predict
     from ..evaluation.engine import AttackBench, AttackSettings
     from ..evaluation.report import environment_info, write_results_json
     from ..evaluation.rows import expand_rows

@@ -1,4 +1,4 @@
-"""Batched prediction and batched attacks: the two loops every evaluation job runs.
+"""Batched prediction and batched attacks: the two loops every job runs.
 
 Jobs never write their own ``for i in range(0, len(x), batch_size)`` around a model or an
 attack; they call :func:`predict` and :func:`attack_in_batches`, so batching, progress bars and
@@ -15,19 +15,15 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..models.batched import predict_logits
 from ..progress import progress
 
 __all__ = ["BatchedAttack", "attack_in_batches", "predict"]
 
 
-@torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """``(top-1 labels (N,), logits (N, K))`` of ``model`` on ``x``, ``batch_size`` images per forward pass."""
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    if len(x) == 0:
-        raise InputError("predict needs at least one image")
-    logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    logits = predict_logits(model, x, batch_size)
     return logits.argmax(1), logits
 
 
