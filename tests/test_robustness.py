@@ -240,3 +240,18 @@ def test_cli_robustness_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["robustness", "--help"])
     assert e.value.code == 0
+
+
+def test_run_robustness_takes_a_module_or_its_checkpoint_alike(digits_checkpoint, tmp_path):
+    """The entry point accepts an nn.Module as well as a name: same records either way."""
+    from safetynet.models import load_checkpoint
+    from safetynet.robustness import RobustnessConfig, run_robustness
+
+    kw = dict(dataset="digits", n=20, n_fit=120, norms=["linf"], eps_linf=[0.2], attacks=["bim"], steps=5,
+              metzen_epochs=1)
+    by_path = run_robustness(RobustnessConfig(model=str(digits_checkpoint), out=str(tmp_path / "a"), **kw))
+    module, _ = load_checkpoint(digits_checkpoint)
+    by_object = run_robustness(RobustnessConfig(model=module, out=str(tmp_path / "b"), **kw))
+    assert by_object["records"] == by_path["records"]
+    assert "passed as an object" in by_object["model"]
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["config"]["model"] == "<SmallCNN object>"

@@ -22,7 +22,7 @@ import numpy as np
 from .._io import write_bytes_atomic
 from ..errors import InputError
 
-__all__ = ["to_jsonable", "environment_info", "git_commit", "command_line", "reproduce_paragraph", "write_results_json", "read_results_json", "markdown_table",
+__all__ = ["to_jsonable", "config_record", "environment_info", "git_commit", "command_line", "reproduce_paragraph", "write_results_json", "read_results_json", "markdown_table",
            "image_link", "MarkdownReport"]
 
 
@@ -75,6 +75,18 @@ def _version(module: str) -> str | None:
         return version(module)
     except Exception:  # not installed: record its absence rather than fail the whole report
         return None
+
+
+def config_record(cfg: Any) -> dict[str, Any]:
+    """A job's config as JSON-ready values; objects passed instead of names (an ``nn.Module``, a bundle) become their repr."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        try:
+            out[f.name] = to_jsonable(v)
+        except InputError:
+            out[f.name] = f"<{type(v).__name__} object>"
+    return out
 
 
 def git_commit() -> str | None:

@@ -19,7 +19,6 @@ One typed entry point, :func:`run_experiment`, does everything the report shows:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -118,7 +117,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     from ..detectors import CodeSVMDetector
     from ..detectors.confidence import ConfidenceDetector
     from ..detectors.metzen import MetzenDetector
-    from ..models import resolve_model
+    from ..evaluation.task import resolve_classifier
     from ..progress import progress
     from ..taps import extract_activations
 
@@ -127,7 +126,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = attack_grid(cfg.grid)
-    model, model_source = resolve_model(cfg.model)
+    model, model_source, _ = resolve_classifier(cfg.model, cfg.dataset)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -257,6 +256,7 @@ def _score_all(score_fn, nat_te, miss_te, adv_by_key, all_by_key, settings) -> d
 
 def _summarise(cfg, settings, usable, outcomes, scores, conf, conf_scores, fitted_params, clean) -> dict[str, Any]:
     from ..evaluation.metrics import cross_attack_matrix, detection_metrics, safetynet_rates
+    from ..evaluation.report import config_record
 
     attacks = []
     for s in settings:
@@ -302,5 +302,5 @@ def _summarise(cfg, settings, usable, outcomes, scores, conf, conf_scores, fitte
             dm = detection_metrics(conf_scores["natural"], adv, threshold=float(conf.threshold_))
             conf_rows.append({"attack": s.key, "label": s.label, "auc": dm.auc, "tpr": dm.tpr, "fpr": dm.fpr,
                               "tpr_at_5fpr": dm.tpr_at_5fpr, "balanced_accuracy": dm.balanced_accuracy})
-    return {"config": dataclasses.asdict(cfg), "clean": clean, "attacks": attacks, "detectors": detectors,
+    return {"config": config_record(cfg), "clean": clean, "attacks": attacks, "detectors": detectors,
             "confidence_baseline": {"threshold": float(conf.threshold_), "rows": conf_rows}}

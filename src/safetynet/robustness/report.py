@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.report import MarkdownReport, environment_info, reproduce_paragraph, write_results_json
+from ..evaluation.report import MarkdownReport, config_record, environment_info, reproduce_paragraph, write_results_json
 
 __all__ = ["table4_rows", "write_robustness_report"]
 
@@ -103,14 +103,12 @@ def _curves(results: dict[str, Any], norm: str, defence: str) -> dict[str, tuple
 # ------------------------------------------------------------------------------------ writing
 def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Path:
     """Write ``results.json``, ``figures/success_<norm>_<defence>.png`` and ``report.md``; returns the report path."""
-    import dataclasses
 
     from ..evaluation.plots import plot_success_vs_eps
 
     out = Path(out)
     env = environment_info()
-    config = {k: (v if not hasattr(v, "parameters") else repr(v)) for k, v in dataclasses.asdict(cfg).items()}
-    write_results_json(out / "results.json", results, config=config, environment=env)
+    write_results_json(out / "results.json", results, config=config_record(cfg), environment=env)
     figures: dict[tuple[str, str], Path] = {}
     for norm in cfg.norms:
         for d, title in DEFENCE_TITLES.items():

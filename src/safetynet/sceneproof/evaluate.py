@@ -26,7 +26,6 @@ frame by frame with the ``verify`` pipeline.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -71,7 +70,7 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
     from ..data.rgbd import load_real_frames
     from ..attacks.batched import predict
     from ..evaluation.engine import AttackBench, AttackSettings
-    from ..evaluation.report import environment_info, write_results_json
+    from ..evaluation.report import config_record, environment_info, write_results_json
     from ..evaluation.rows import expand_rows
     from ..evaluation.surrogates import SurrogatePool
     from .model import fake_frames, grid_patch_set
@@ -83,7 +82,7 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
     lap = Laps(log)
     times = lap.times
 
-    bundle = SceneProof.load(cfg.model)
+    bundle = cfg.model if isinstance(cfg.model, SceneProof) else SceneProof.load(cfg.model)
     data_root = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
     train_cfg = bundle.settings["training"]["config"]
     eps = float(cfg.eps if cfg.eps is not None else train_cfg["attack_eps"])
@@ -229,7 +228,7 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
     results["seconds"] = times
     results["data"] = {"validation": {k: v for k, v in val_info.items() if k != "real_val_sources"}}
     env = environment_info()
-    write_results_json(out / "results.json", results, config=dataclasses.asdict(cfg), environment=env)
+    write_results_json(out / "results.json", results, config=config_record(cfg), environment=env)
     write_report(out / "report.md", results, bundle, env)
     return results
 
