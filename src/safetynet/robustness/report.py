@@ -23,11 +23,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..evaluation.rows import DEFENCE_TITLES
 from ..evaluation.report import MarkdownReport, config_record, environment_info, reproduce_paragraph, write_results_json
 
 __all__ = ["table4_rows", "write_robustness_report"]
 
-DEFENCE_TITLES = {"ori": "Ori", "subnet": "Subnet Det", "det_a": "Det A", "det_ens": "Det ensemble"}
+
+
+def _titles(results: dict[str, Any]) -> dict[str, str]:
+    """Column titles of the defences that ran (SceneProof's ensemble is "Det ABC"), in Table-4 order."""
+    if results.get("defences"):
+        return {k: v["title"] for k, v in results["defences"].items()}
+    return dict(DEFENCE_TITLES)  # results written before defences were recorded
 NORM_TITLES = {"linf": "L∞", "l2": "L2"}
 
 
@@ -47,7 +54,7 @@ def _rows(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The attack rows that were run, in order: ``{key: {label, kind, access, ...}}``."""
     if results.get("rows"):
         return results["rows"]
-    from .run import ATTACK_ROWS  # results written before per-surrogate rows existed
+    from ..evaluation.rows import ATTACK_ROWS  # results written before per-surrogate rows existed
 
     return {k: {"label": r.label, "kind": r.kind, "access": r.access} for k, r in ATTACK_ROWS.items()}
 
@@ -69,7 +76,7 @@ def table4_rows(results: dict[str, Any], norm: str, eps: float, positive_class: 
     for a in keys:
         label = "Non-attack data" if a == "none" else specs[a]["label"]
         row: dict[str, Any] = {"method": label, "access": "-" if a == "none" else specs[a]["access"]}
-        for d, t in DEFENCE_TITLES.items():
+        for d, t in _titles(results).items():
             r = _find(recs, a, d, None if a == "none" else norm, None if a == "none" else eps)
             if positive_class is not None:
                 row[f"{t} F→T"] = None if r is None else r.get("F->T")
@@ -111,7 +118,7 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
     write_results_json(out / "results.json", results, config=config_record(cfg), environment=env)
     figures: dict[tuple[str, str], Path] = {}
     for norm in cfg.norms:
-        for d, title in DEFENCE_TITLES.items():
+        for d, title in _titles(results).items():
             series = _curves(results, norm, d)
             if series:
                 figures[norm, d] = plot_success_vs_eps(
@@ -136,7 +143,7 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
         det_rows = []
         for d in ("det_a", "det_ens"):
             for layer, info in fit[d]["detectors"].items():
-                det_rows.append({"defence": DEFENCE_TITLES[d], "layer": layer, "units": info["units"], "gamma": info["gamma"],
+                det_rows.append({"defence": _titles(results)[d], "layer": layer, "units": info["units"], "gamma": info["gamma"],
                                  "sigma": info["sigma"], "C": info["C"], "support vectors": info["support_vectors"]})
         rep.paragraph(f"**Ori**: the bare classifier. **Subnet Det**: Metzen et al.'s subnetwork on `{fit['subnet']['layer']}`. "
                       f"**Det A**: SafetyNet ({cfg.levels}-level codes) on {', '.join(f'`{n}`' for n in fit['det_a']['layers'])}. "
@@ -173,7 +180,7 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
         extended = {r["eps"] for r in results["records"] if r["norm"] == norm and r.get("extended")}
         rows = []
         for a, spec in _rows(results).items():
-            for d, title in DEFENCE_TITLES.items():
+            for d, title in _titles(results).items():
                 pts = {r["eps"]: r["success"] for r in results["records"]
                        if r["attack"] == a and r["defence"] == d and r["norm"] == norm}
                 if pts:
@@ -185,7 +192,7 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
         if rows:
             rep.heading(NORM_TITLES[norm], level=3)
             rep.table(rows, formats={k: _pct for k in rows[0] if k not in ("attack", "defence")})
-            for d, title in DEFENCE_TITLES.items():
+            for d, title in _titles(results).items():
                 if (norm, d) in figures:
                     rep.image(figures[norm, d], f"{title} success vs eps ({norm})")
 
@@ -198,7 +205,7 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
             table: dict[tuple, dict[str, Any]] = {}
             for sw in (sw for sw in results["sweep"] if sw["norm"] == norm):
                 key = (sw["defence"], sw["sharpness"], sw["gamma_scale"])
-                row = table.setdefault(key, {"defence": DEFENCE_TITLES[sw["defence"]], "λ": sw["sharpness"],
+                row = table.setdefault(key, {"defence": _titles(results)[sw["defence"]], "λ": sw["sharpness"],
                                              "γ scale": sw["gamma_scale"]})
                 row[f"ε={_eps(sw['eps'])}"] = sw["success_all"]
             rows = list(table.values())
@@ -217,7 +224,7 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
             found = False
             for d in ("subnet", "det_a", "det_ens"):
                 r = _find(results["records"], a, d, norm, eps)
-                row[DEFENCE_TITLES[d]] = None if r is None else r.get("tpr_at_fpr")
+                row[_titles(results)[d]] = None if r is None else r.get("tpr_at_fpr")
                 found |= r is not None
             if found:
                 tpr_rows.append(row)
@@ -226,11 +233,11 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
         rep.paragraph("TPR among the misclassified attack outputs at the threshold that rejects "
                       f"{cfg.target_fpr:.0%} of the clean, correctly classified test images (the threshold is set on "
                       "the evaluated scores, so it is slightly optimistic).")
-        rep.table(tpr_rows, formats={DEFENCE_TITLES[d]: _pct for d in ("subnet", "det_a", "det_ens")})
+        rep.table(tpr_rows, formats={_titles(results)[d]: _pct for d in ("subnet", "det_a", "det_ens")})
 
     if results["queries"]:
         rep.heading("HopSkipJump queries per image")
-        rep.table([{"defence": DEFENCE_TITLES[q["defence"]], "norm": NORM_TITLES[q["norm"]], "budget": q["max_queries"],
+        rep.table([{"defence": _titles(results)[q["defence"]], "norm": NORM_TITLES[q["norm"]], "budget": q["max_queries"],
                     "mean": q["mean"], "median": q["median"], "max": q["max"]} for q in results["queries"]],
                   formats={"mean": "{:.0f}", "median": "{:.0f}"})
 
@@ -287,6 +294,6 @@ def _summary(cfg: Any, results: dict[str, Any]) -> str:
             b2 = max(two, key=lambda r: r["success"])
             verdict = ("type II beats type I" if b2["success"] > b1["success"]
                        else "type II does not beat type I here (see the flags: the attacks may be too weak)")
-            parts.append(f"{DEFENCE_TITLES[d]}, {NORM_TITLES[norm]} ε={_eps(eps)}: best type-I {b1['label']} "
+            parts.append(f"{_titles(results)[d]}, {NORM_TITLES[norm]} ε={_eps(eps)}: best type-I {b1['label']} "
                          f"{_pct(b1['success'])} vs best type-II {b2['label']} {_pct(b2['success'])}: {verdict}.")
     return " ".join(parts) if parts else "No detector column has both type-I and type-II results."
