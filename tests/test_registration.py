@@ -162,8 +162,8 @@ def test_evaluation_applies_the_shipped_bundles_saved_registration():
     trained with (read from the bundle), and that is what a fresh estimate gives on the same data."""
     from dataclasses import fields
 
+    from safetynet.sceneproof.bundle import SceneProof
     from safetynet.sceneproof.evaluate import _frames_from_config
-    from safetynet.sceneproof.model import SceneProof
     from safetynet.sceneproof.train import SceneProofConfig, load_frames
 
     root = require_data("rgbd").parent

@@ -22,22 +22,16 @@ from safetynet.sceneproof.attacks import (
     image_channels_unchanged,
     transfer_attack,
 )
+from safetynet.sceneproof.bundle import PatchAnalysis, SceneProof
 from safetynet.sceneproof.evaluate import (
     average_rows,
     table2_row,
     table3_row,
     table4_cells,
 )
-from safetynet.sceneproof.model import (
-    PatchAnalysis,
-    SceneProof,
-    balanced_subset,
-    build_sceneproof_model,
-    frame_weights,
-    model_config,
-    seam_ok,
-    split_by_scene,
-)
+from safetynet.sceneproof.frames import balanced_subset, frame_weights, split_by_scene
+from safetynet.sceneproof.network import build_sceneproof_model, model_config
+from safetynet.sceneproof.sampling import seam_ok
 from safetynet.sceneproof.train import SceneProofConfig, train_sceneproof
 from safetynet.sceneproof.verify import calibrate_real_threshold, crop_to_aspect, decide
 
@@ -306,8 +300,8 @@ def test_evaluate_tiny_writes_tables(tiny_bundle, tmp_path):
     for heading in ("Table 1", "Table 2", "Table 3", "Table 4"):
         assert heading in report
     # the report also renders with a real bundle's provenance (dicts of scene counts in the text)
+    from safetynet.sceneproof.bundle import default_model_dir
     from safetynet.sceneproof.evaluate import write_report
-    from safetynet.sceneproof.model import default_model_dir
 
     if (default_model_dir() / "sceneproof.json").is_file():
         assert "Table 4" in write_report(tmp_path / "again.md", res, SceneProof.load()).read_text()

@@ -100,8 +100,8 @@ def _load_sceneproof(cfg: RobustnessConfig) -> tuple[nn.Module, str, nn.Module |
     patches are drawn stratified (half real, the rest spread over the fake kinds), ``n_fit``
     others fit the defences.
     """
+    from ..sceneproof.bundle import SceneProof, default_model_dir
     from ..sceneproof.evaluate import _stratified, validation_patches
-    from ..sceneproof.model import SceneProof, default_model_dir
 
     bundle = SceneProof.load(cfg.model)
     val_fs, _, sets, nat = validation_patches(bundle, cfg.data_dir)  # the patches `sceneproof evaluate` reads
@@ -193,7 +193,7 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
     bundle_surrogate: nn.Module | None = None
     if cfg.dataset == "sceneproof":
         from ..sceneproof.attacks import depth_mask
-        from ..sceneproof.model import REAL
+        from ..sceneproof.labels import REAL
 
         if cfg.positive_class is None:
             cfg = dataclasses.replace(cfg, positive_class=REAL)  # the paper's "true" is a real capture

@@ -203,7 +203,7 @@ class DepthOnlyTypeII(Attack):
 
 def type2_score(bundle: Any, letters: str, sharpness: float = 10.0, gamma_scale: float = 0.1) -> DetectorScore:
     """The differentiable surrogate of SceneProof detectors ``letters`` ("A", "ABC", or "M" for Metzen)."""
-    from .model import DETECTOR_LAYERS
+    from .labels import DETECTOR_LAYERS
 
     if letters == "M":
         if bundle.metzen is None:

@@ -39,16 +39,11 @@ import torch
 
 from .._job import Laps
 from ..errors import InputError
+from .bundle import PatchAnalysis, SceneProof
 from .evaluate_config import EvaluateConfig
-from .model import (
-    FAKE,
-    REAL,
-    FrameSet,
-    PatchAnalysis,
-    PatchSet,
-    SceneProof,
-    evaluation_patches,
-)
+from .frames import FrameSet
+from .labels import FAKE, REAL
+from .sampling import PatchSet, evaluation_patches
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +217,8 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
         image_channels_unchanged,
         transfer_attack,
     )
-    from .model import fake_frames, grid_patch_set
+    from .frames import fake_frames
+    from .sampling import grid_patch_set
     from .train import TRAIN_KINDS, default_data_dir
     from .verify import verify_frames
 
@@ -442,7 +438,7 @@ def _verdict_shares(verdicts: Sequence[Any]) -> dict[str, float]:
 
 
 def _heldout(bundle: SceneProof, root: Path, seed: int) -> dict[str, Any]:
-    from .model import fake_frames
+    from .frames import fake_frames
     from .verify import verify_frames
 
     fs = _load_heldout(bundle, root)
