@@ -38,7 +38,7 @@ from ..errors import InputError
 from ._gradient import check_steps
 from .base import Attack, check_mask_values
 from .criteria import Criterion
-from .type2 import _check_choice, _check_seed
+from .joint_pgd import _check_choice, _check_seed
 from .undetected import criterion_holds
 
 __all__ = ["HopSkipJump"]

@@ -59,7 +59,7 @@ def _eps(v: float | None) -> str:
 def compute_flags(cfg: Any, ctx: Any, records: Sequence[dict[str, Any]], x: torch.Tensor, y: torch.Tensor) -> list[Flag]:
     """Every reliability check of :mod:`safetynet.robustness.flags` on one robustness run."""
     from ..attacks.adaptive import BPDAScore, SmoothScore
-    from ..attacks.type2 import classifier_loss
+    from ..attacks.joint_pgd import classifier_loss
 
     flags: list[Flag] = []
     xs = x[: min(len(x), 64)]

@@ -34,7 +34,7 @@ from ..attacks import BIM, FGSM, Misclassification
 from ..attacks._gradient import loss_classes
 from ..attacks.base import Attack, check_mask_values
 from ..attacks.criteria import Criterion
-from ..attacks.type2 import DetectorScore, MetzenScore, SmoothScore
+from ..attacks.detector_scores import DetectorScore, MetzenScore, SmoothScore
 from ..attacks.undetected import Undetected
 from ..errors import InputError
 

@@ -288,7 +288,7 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
             transfers["Surrogate Subnet Det TF (II)"] = (advt, _analyze(bundle, advt))
             k1 = finetune_with_adversarial_class(sur, x_own, y_own, adv_own[ok_own], epochs=2, seed=cfg.seed)
             from ..attacks import Misclassification
-            from ..attacks.type2 import ExtraClassScore
+            from ..attacks.detector_scores import ExtraClassScore
             from ..attacks.undetected import Undetected
             from .attacks import DepthOnlyTypeII, depth_mask
 
