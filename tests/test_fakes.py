@@ -354,8 +354,9 @@ def test_sensor_holes_only_remove_readings_and_shadow_depth_edges(batch):
 
 
 def test_training_patches_camera_variation_is_label_neutral_and_seeded():
-    from safetynet.sceneproof.model import FrameSet, training_patches
+    from safetynet.sceneproof.frames import FrameSet
     from safetynet.sceneproof.patches import decode_depth
+    from safetynet.sceneproof.sampling import training_patches
 
     s = simulate_scenes(8, size=(48, 64), seed=2, views_per_scene=2)
     frames = s.frames(sensor=True)

@@ -163,7 +163,7 @@ def test_evaluation_applies_the_shipped_bundles_saved_registration():
     from dataclasses import fields
 
     from safetynet.sceneproof.task import _frames_from_config
-    from safetynet.sceneproof.model import SceneProof
+    from safetynet.sceneproof.bundle import SceneProof
     from safetynet.sceneproof.train import SceneProofConfig, load_frames
 
     root = require_data("rgbd").parent

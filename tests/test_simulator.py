@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from safetynet.data.rgbd import RGBDFrame
-from safetynet.data.rgbd import simulator as sim_mod
-from safetynet.data.rgbd.simulator import SensorModel, kinect_depth, simulate_scenes
+from safetynet.data.rgbd import raycast, rooms
+from safetynet.data.rgbd.sensor import SensorModel, kinect_depth
+from safetynet.data.rgbd.simulator import simulate_scenes
 from safetynet.errors import InputError
 
 
@@ -90,12 +91,12 @@ def test_lambertian_shading_and_shadows_by_hand(shadows):
     """A grey room with one floating slab under a point light: every pixel's brightness must be
     albedo * (ambient + power * cos(n, l) * visible / (1 + (dist/3)^2)) up to one exposure
     factor, with cos, dist and visibility computed here independently from the depth map."""
-    mat = np.zeros(sim_mod._MAT_DIM)
+    mat = np.zeros(rooms._MAT_DIM)
     mat[0:3] = 0.5  # flat grey
     L = np.array([4.0, 2.5, 4.0])
     box_c, box_h = np.array([2.0, 1.5, 2.5]), np.array([0.3, 0.05, 0.3])
     light = np.array([2.0, 2.4, 2.0])
-    room = sim_mod._Room(L, [(box_c, box_h, 0.0, [0] * 6)], [], [mat], [0] * 6, light, 0.2, 1.0)
+    room = rooms._Room(L, [(box_c, box_h, 0.0, [0] * 6)], [], [mat], [0] * 6, light, 0.2, 1.0)
     pitch = math.radians(-25)
     fwd = np.array([0.0, math.sin(pitch), math.cos(pitch)])
     right = np.cross(fwd, [0.0, 1.0, 0.0])
@@ -103,7 +104,7 @@ def test_lambertian_shading_and_shadows_by_hand(shadows):
     down = np.cross(fwd, right)
     R = np.stack([right, down, fwd], axis=1)
     H, W = 40, 48
-    out = sim_mod._render_chunk([room], [(np.array([2.0, 1.6, 0.3]), R, math.radians(70))], H, W, shadows)
+    out = raycast._render_chunk([room], [(np.array([2.0, 1.6, 0.3]), R, math.radians(70))], H, W, shadows)
     fx = float(out["fx"][0])
     z = out["depth"][0, 0].double().numpy()
     v, u = np.mgrid[0:H, 0:W].astype(np.float64)

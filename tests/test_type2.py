@@ -21,7 +21,8 @@ from safetynet.attacks.adaptive import (
     Undetected,
     sweep,
 )
-from safetynet.attacks.type2 import classifier_loss
+from safetynet.attacks.detector_scores import DetectorScore, as_detector_score
+from safetynet.attacks.joint_pgd import classifier_loss
 from safetynet.errors import InputError
 
 
@@ -71,6 +72,33 @@ def test_smooth_gradient_is_nonzero(digits):
     _, s = SmoothScore(digits["net"], 10.0, 0.1)(x)
     (g,) = torch.autograd.grad(s.sum(), x)
     assert (g.flatten(1).norm(dim=1) > 1e-12).float().mean() > 0.9
+
+
+
+def test_a_detector_can_provide_its_own_surrogate():
+    """Any object with a callable detector_score(sharpness, gamma_scale) is asked for its surrogate."""
+
+    class Score(DetectorScore):
+        model = torch.nn.Identity()
+
+        def forward(self, x):
+            return x, x[:, 0]
+
+    class Defence:
+        def __init__(self, score):
+            self.score, self.asked = score, []
+
+        def detector_score(self, sharpness, gamma_scale):
+            self.asked.append((sharpness, gamma_scale))
+            return self.score
+
+    score = Score()
+    defence = Defence(score)
+    assert as_detector_score(defence, sharpness=3.0, gamma_scale=0.5) is score
+    assert defence.asked == [(3.0, 0.5)]
+    assert SmoothedTypeII(defence, sharpness=2.0, gamma_scale=0.25).score is score
+    with pytest.raises(InputError, match="no differentiable surrogate"):
+        as_detector_score(type("NotCallable", (), {"detector_score": 1.0})())
 
 
 def test_classifier_loss_by_hand():

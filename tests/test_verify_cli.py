@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from safetynet.cli import main
-from safetynet.sceneproof.model import default_model_dir
+from safetynet.sceneproof.bundle import default_model_dir
 
 SHIPPED = default_model_dir()
 

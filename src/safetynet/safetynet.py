@@ -32,8 +32,8 @@ from torch import nn
 from ._validation import check_images
 from .codes import ActivationQuantizer, activations_and_logits, check_pool, pool_activation
 from .detectors.ensemble import DetectorEnsemble, Rule
-from .detectors.persistence import detector_from_state, detector_state, read_state, write_state
-from .detectors.svm import CodeSVMDetector
+from .detectors.persistence import read_state, write_state
+from .detectors.svm import CodeSVMDetector, detector_from_state, detector_state
 from .errors import CheckpointError, InputError
 from .taps import forward_with_taps, resolve_layers
 

@@ -24,21 +24,19 @@ from __future__ import annotations
 
 from .bpda import BPDA, BPDAScore, quantize
 from .code_matching import CodeMatching
-from .hopskipjump import HopSkipJump
-from .opgd import OrthogonalPGD, orthogonalize
-from .transfer import DropExtraClass, TransferAttack
-from .type2 import (
+from .detector_scores import (
                     DetectorScore,
                     ExtraClassScore,
-                    JointPGD,
                     MetzenScore,
-                    SmoothedTypeII,
                     SmoothScore,
-                    SweepResult,
                     as_detector_score,
                     rbf_score_torch,
-                    sweep,
 )
+from .hopskipjump import HopSkipJump
+from .joint_pgd import JointPGD
+from .opgd import OrthogonalPGD, orthogonalize
+from .smoothed_type2 import SmoothedTypeII, SweepResult, sweep
+from .transfer import DropExtraClass, TransferAttack
 from .undetected import (
                     ExtraClassDetector,
                     MetzenAdapter,

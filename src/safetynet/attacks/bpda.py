@@ -32,7 +32,8 @@ import torch
 
 from .._validation import check_positive
 from ..errors import InputError
-from .type2 import JointPGD, SafetyNetScore, _check_choice, as_detector_score
+from .detector_scores import SafetyNetScore, as_detector_score
+from .joint_pgd import JointPGD, _check_choice
 
 __all__ = ["BACKWARDS", "BPDA", "BPDAScore", "quantize"]
 
@@ -115,7 +116,7 @@ class BPDA(JointPGD):
         c (float): weight of the detector margin. (Default: 1.0)
         detector_kappa (float): margin kappa_d of ``max(f(c) + kappa_d, 0)``. (Default: 0.1)
         combine (str): "sum" (one joint loss over all layers) or "max". (Default: "sum")
-        other keywords: see :class:`~safetynet.attacks.type2.JointPGD`.
+        other keywords: see :class:`~safetynet.attacks.joint_pgd.JointPGD`.
 
     Call:
         ``attack(net.model, images, Misclassification(y) & Undetected(net), eps=8/255)``.

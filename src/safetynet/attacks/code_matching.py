@@ -38,7 +38,8 @@ from torch import nn
 
 from .._validation import check_images, check_labels, check_positive
 from ..errors import InputError
-from .type2 import JointPGD, _check_choice, _check_safetynet, classifier_loss
+from .detector_scores import _check_safetynet
+from .joint_pgd import JointPGD, _check_choice, classifier_loss
 
 __all__ = ["CodeMatching"]
 
@@ -58,7 +59,7 @@ class CodeMatching(JointPGD):
         c (float): weight of the targeted CW classifier term. (Default: 1.0)
         kappa (float): CW confidence. (Default: 0.0)
         other keywords: ``distance``, ``steps``, ``step_size``, ``random_start``, ``seed``,
-            ``early_stop`` as in :class:`~safetynet.attacks.type2.JointPGD`.
+            ``early_stop`` as in :class:`~safetynet.attacks.joint_pgd.JointPGD`.
 
     Only bank images the classifier labels correctly and the real detector accepts serve as
     anchors.
@@ -136,7 +137,7 @@ class CodeMatching(JointPGD):
                    targeted: bool, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
         from ..codes import pool_activation
         from ..taps import forward_with_taps
-        from .type2 import eval_mode
+        from .detector_scores import eval_mode
 
         net, bank = self.net, self._build_bank()
         targets, anchor = state["targets"][idx], state["anchor"][idx]

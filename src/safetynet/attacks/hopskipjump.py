@@ -11,7 +11,7 @@ The attacker sees only the criterion's verdict on each query, e.g. for
 ``Misclassification(y) & Undetected(net)`` whether SafetyNet's output (a label, or "rejected"
 as an extra label) is a wrong class that got through. No gradient, no score, no smoothing: the
 quantizer cannot mask anything here, which is why a black-box attack beating the white-box ones
-is a warning sign for the white-box evaluation (:mod:`safetynet.robustness.flags`).
+is a warning sign for the white-box evaluation (:mod:`safetynet.evaluation.flags`).
 
 Per image: find any adversarial start (another image of the batch, then uniform noise),
 binary-search towards the original, then repeat: estimate the boundary normal from
@@ -38,7 +38,7 @@ from ..errors import InputError
 from ._gradient import check_steps
 from .base import Attack, check_mask_values
 from .criteria import Criterion
-from .type2 import _check_choice, _check_seed
+from .joint_pgd import _check_choice, _check_seed
 from .undetected import criterion_holds
 
 __all__ = ["HopSkipJump"]

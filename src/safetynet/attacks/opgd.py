@@ -35,7 +35,8 @@ from torch import nn
 
 from .._validation import check_positive
 from .bpda import BPDAScore
-from .type2 import JointPGD, _check_choice, as_detector_score
+from .detector_scores import as_detector_score
+from .joint_pgd import JointPGD, _check_choice
 
 __all__ = ["OrthogonalPGD", "orthogonalize"]
 
@@ -65,7 +66,7 @@ class OrthogonalPGD(JointPGD):
         sharpness (float): lambda for the sigmoid (smooth surrogate or sigmoid backward). (Default: 10.0)
         gamma_scale (float): RBF gamma multiplier (smooth: 0.1 by default; BPDA keeps 1).
         detector_kappa (float): the detector loss is ``max(s + detector_kappa, 0)``. (Default: 0.1)
-        other keywords: see :class:`~safetynet.attacks.type2.JointPGD` (``c`` is unused: the two
+        other keywords: see :class:`~safetynet.attacks.joint_pgd.JointPGD` (``c`` is unused: the two
             losses are never added).
 
     Call:

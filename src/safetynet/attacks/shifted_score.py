@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .type2 import DetectorScore
+from .detector_scores import DetectorScore
 
 __all__ = ["ShiftedScore"]
 

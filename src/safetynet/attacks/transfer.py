@@ -16,7 +16,7 @@ model with the target's criterion (e.g. ``Misclassification(y) & Undetected(net)
 * "Subnet Det TF": a surrogate plus a Metzen subnetwork fitted on it, attacked jointly:
   ``TransferAttack(surrogate, SmoothedTypeII(metzen_on_surrogate), surrogate_detector=metzen_on_surrogate)``;
 * "Finetune TF": a surrogate fine-tuned with adversarials as an extra class
-  (:func:`safetynet.robustness.surrogates.finetune_with_adversarial_class`):
+  (:func:`safetynet.evaluation.surrogates.finetune_with_adversarial_class`):
   ``TransferAttack(DropExtraClass(model_k1), SmoothedTypeII(ExtraClassDetector(model_k1)),
   surrogate_detector=ExtraClassDetector(model_k1))``.
 

@@ -12,8 +12,7 @@ from typing import Any
 
 from .ensemble import DetectorEnsemble, Rule
 from .kernel import CodeRBFKernel, rbf_decision_function, squared_distances
-from .persistence import load_detector, save_detector
-from .svm import CodeSVMDetector
+from .svm import CodeSVMDetector, load_detector, save_detector
 
 _LAZY = {"SafetyNet": "safetynet.safetynet", "REJECT": "safetynet.safetynet", "Classification": "safetynet.safetynet",
          # baselines (Metzen et al. 2017 subnetwork, softmax confidence) load their own deps on first use

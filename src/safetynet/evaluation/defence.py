@@ -61,7 +61,7 @@ class CalibratedDetector:
 
     ``detect`` is what :class:`~safetynet.attacks.undetected.Undetected` asks;
     ``detector_score`` gives the adaptive attacks the inner detector's differentiable surrogate
-    shifted by the same threshold (see :func:`~safetynet.attacks.type2.as_detector_score`).
+    shifted by the same threshold (see :func:`~safetynet.attacks.detector_scores.as_detector_score`).
     """
 
     def __init__(self, detector: Any, threshold: float) -> None:
@@ -82,7 +82,7 @@ class CalibratedDetector:
 
     def detector_score(self, sharpness: float, gamma_scale: float) -> Any:
         from ..attacks.shifted_score import ShiftedScore
-        from ..attacks.type2 import as_detector_score
+        from ..attacks.detector_scores import as_detector_score
 
         return ShiftedScore(as_detector_score(self.detector, sharpness, gamma_scale), [self.threshold])
 

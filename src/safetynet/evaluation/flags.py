@@ -210,7 +210,8 @@ def check_softmax_output(model: nn.Module, x: torch.Tensor, *, name: str = "soft
 def compute_flags(bench: Any, records: Sequence[dict[str, Any]]) -> list[Flag]:
     """Every reliability check of this module on one run of an :class:`~safetynet.evaluation.engine.AttackBench`."""
     from ..attacks.adaptive import BPDAScore
-    from ..attacks.type2 import as_detector_score, classifier_loss
+    from ..attacks.detector_scores import as_detector_score
+    from ..attacks.joint_pgd import classifier_loss
     from ..safetynet import SafetyNet
     from .defence import smoothable
     from .rows import base_row

@@ -4,6 +4,11 @@ This package holds the data side: fake-pair generators (``fakes``), the small mo
 regressor behind the ``predicted_depth`` fake (``depth_regressor``) and the conversion of
 frames to network inputs (``patches``). Readers and the scene simulator live in
 :mod:`safetynet.data.rgbd`.
+
+The detector itself: ``labels`` (REAL/FAKE, detector letters), ``network`` (the classifier
+factory), ``frames`` (scene splits, frame sets, fakes of whole frames), ``sampling`` (patch
+sets), ``fit`` (the training loop) and ``bundle`` (the saved :class:`SceneProof`); ``train``,
+``evaluate`` and ``verify`` drive them.
 """
 
 from .depth_regressor import (DepthRegressor, DepthRegressorConfig, load_depth_regressor, save_depth_regressor,

@@ -41,14 +41,10 @@ from .evaluate_config import EvaluateConfig
 from .heldout import judge_heldout, verdict_shares
 from .report import plot_figures, write_report
 from .tables import RATE_KEYS, TABLE4_METHODS, UNSEEN_KINDS, UNSEEN_NAMES, average4, average_rows, defence_rates, table2_row, table3_row
-from .model import (
-    FAKE,
-    REAL,
-    FrameSet,
-    PatchAnalysis,
-    SceneProof,
-    evaluation_patches,
-)
+from .bundle import PatchAnalysis, SceneProof
+from .frames import FrameSet
+from .labels import FAKE, REAL
+from .sampling import evaluation_patches
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +69,8 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
     from ..evaluation.report import config_record, environment_info, write_results_json
     from ..evaluation.rows import expand_rows
     from ..evaluation.surrogates import SurrogatePool
-    from .model import fake_frames, grid_patch_set
+    from .frames import fake_frames
+    from .sampling import grid_patch_set
     from .task import sceneproof_task, validation_patches
     from .train import TRAIN_KINDS, default_data_dir
     from .verify import verify_frames

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .model import FrameSet, SceneProof
+from .bundle import SceneProof
+from .frames import FrameSet
 
 __all__ = ["HELDOUT_FAKES", "judge_heldout", "load_heldout", "verdict_shares"]
 
@@ -39,7 +40,7 @@ def verdict_shares(verdicts: Sequence[Any]) -> dict[str, float]:
 
 
 def judge_heldout(bundle: SceneProof, root: Path, seed: int) -> dict[str, Any]:
-    from .model import fake_frames
+    from .frames import fake_frames
     from .verify import verify_frames
 
     fs = load_heldout(bundle, root)

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from .model import FAKE, REAL, PatchAnalysis, SceneProof
+from .bundle import PatchAnalysis, SceneProof
+from .labels import FAKE, REAL
 from .tables import DEFENCES, RATE_KEYS, TABLE2_COLUMNS
 
 __all__ = ["plot_figures", "write_report"]

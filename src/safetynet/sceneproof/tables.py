@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .model import FAKE, REAL, PatchAnalysis
+from .bundle import PatchAnalysis
+from .labels import FAKE, REAL
 
 __all__ = ["DEFENCES", "RATE_KEYS", "TABLE2_COLUMNS", "TABLE4_METHODS", "UNSEEN_KINDS", "UNSEEN_NAMES", "average4",
            "average_rows", "defence_rates", "table2_row", "table3_row", "table4_cells"]

@@ -27,7 +27,10 @@ from ..errors import InputError
 from ..evaluation.defence import Defence
 from ..evaluation.task import Task
 from .attacks import depth_mask
-from .model import DETECTOR_LAYERS, REAL, FrameSet, PatchSet, SceneProof, ThresholdedDetector, default_model_dir, evaluation_patches
+from .bundle import SceneProof, ThresholdedDetector, default_model_dir
+from .frames import FrameSet
+from .labels import DETECTOR_LAYERS, REAL
+from .sampling import PatchSet, evaluation_patches
 
 __all__ = ["EPS", "BundleDetector", "bundle_defences", "sceneproof_task", "stratified_patches", "validation_patches"]
 
@@ -49,7 +52,7 @@ class BundleDetector(ThresholdedDetector):
 
     def detector_score(self, sharpness: float, gamma_scale: float) -> Any:
         from ..attacks.shifted_score import ShiftedScore
-        from ..attacks.type2 import MetzenScore, SmoothScore
+        from ..attacks.detector_scores import MetzenScore, SmoothScore
 
         bundle = self.bundle
         if self.letters == "M":

@@ -3,11 +3,11 @@
 Steps (all on CPU, one thread by default; see ``docs/results/sceneproof/`` for measured times):
 
 1. frames: real captures under ``<data_dir>/rgbd`` at the working resolution, split by scene
-   (:func:`~safetynet.sceneproof.model.split_by_scene`), plus the simulator's sensor frames as
+   (:func:`~safetynet.sceneproof.frames.split_by_scene`), plus the simulator's sensor frames as
    extra real captures (separate seeds for training and validation rooms);
 2. the ``predicted_depth`` fake's depth regressor, trained on the training real frames;
 3. the classifier (label 1 = real, 0 = fake) on random patches of augmented real frames and of
-   the four training fakes (:func:`~safetynet.sceneproof.model.training_patches`);
+   the four training fakes (:func:`~safetynet.sceneproof.sampling.training_patches`);
 4. SafetyNet detectors A (fc7), B (fc6), C (pool5) on natural training patches vs depth-only
    BIM-L∞ adversarials of other training patches (fake pushed to "real", real to "fake"; only
    successful ones), plus the Metzen et al. subnetwork on fc7 as the baseline;
@@ -36,21 +36,12 @@ import torch
 
 from .._job import Laps
 from ..errors import InputError
-from .model import (
-    DETECTOR_LAYERS,
-    REAL,
-    FrameSet,
-    PatchSet,
-    SceneProof,
-    build_sceneproof_model,
-    channel_stats,
-    evaluation_patches,
-    model_config,
-    predict_proba,
-    split_by_scene,
-    train_classifier,
-    training_patches,
-)
+from .bundle import SceneProof
+from .fit import predict_proba, train_classifier
+from .frames import FrameSet, split_by_scene
+from .labels import DETECTOR_LAYERS, REAL
+from .network import build_sceneproof_model, channel_stats, model_config
+from .sampling import PatchSet, evaluation_patches, training_patches
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +341,7 @@ def train_sceneproof(cfg: SceneProofConfig) -> dict[str, Any]:
     bundle = SceneProof(model, net, settings, mc, metzen, surrogate, regressor)
 
     # Frame-level calibration of the real threshold on validation frames (real vs training fakes).
-    from .model import fake_frames
+    from .frames import fake_frames
 
     frame_rng = np.random.default_rng(cfg.seed + 13)
     real_ev = frame_evidence(bundle, val_fs)

@@ -35,8 +35,11 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .model import DETECTOR_LAYERS, FrameSet, SceneProof, grid_patches
+from .bundle import SceneProof
+from .frames import FrameSet
+from .labels import DETECTOR_LAYERS
 from .patches import to_network_input
+from .sampling import grid_patches
 
 REAL_VERDICT, FAKE_VERDICT, REJECTED_VERDICT = "real", "fake", "rejected (adversarial)"
 EXIT_CODES = {REAL_VERDICT: 0, FAKE_VERDICT: 1, REJECTED_VERDICT: 2}
