@@ -2,13 +2,17 @@
 
 ``SAFETYNET_DATA`` defaults to ``../shared/data`` (relative to the repository root). Where the
 folder is absent, tests that need it skip with the reason; under CI (``CI=true``) a missing
-data folder is a failure instead, so CI can never pass by silently skipping.
+data folder is a failure instead, so CI can never pass by silently skipping. Test dependencies
+(the peers torchattacks / Foolbox / ART, import-linter) follow the same rule: ``require_module``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 import torch
@@ -20,15 +24,27 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("SAFETYNET_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
+def missing(msg: str) -> NoReturn:
+    """Skip with ``msg``; under CI (``CI=true``) fail instead, so CI cannot pass by skipping."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(msg + " (CI=true: a missing data folder or test dependency is a failure)")
+    pytest.skip(msg)
+
+
 def require_data(*parts: str) -> Path:
     """Return ``SAFETYNET_DATA/<parts>``; skip (or fail under CI=true) when it is missing."""
     path = shared_data_dir().joinpath(*parts)
     if not path.exists():
-        msg = f"shared data {path} not found; set SAFETYNET_DATA to the folder holding cifar10-jpg/ and rgbd/"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg + " (CI=true: missing data is a failure)")
-        pytest.skip(msg)
+        missing(f"shared data {path} not found; set SAFETYNET_DATA to the folder holding cifar10-jpg/ and rgbd/")
     return path
+
+
+def require_module(name: str, install: str = 'pip install -e ".[test]"') -> ModuleType:
+    """Import and return the test dependency ``name``; skip (or fail under CI=true) when it is missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        missing(f"test dependency {name} is not installed ({e}); install it with {install}")
 
 
 @pytest.fixture(scope="session")
