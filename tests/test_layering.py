@@ -28,7 +28,7 @@ def _contracts() -> list[dict]:
 
 
 def _lint(config: Path, contract: str | None, package_parent: Path, cwd: Path) -> subprocess.CompletedProcess:
-    """``lint-imports`` for one contract of ``config``, run with this interpreter on the package in ``package_parent``."""
+    """``lint-imports`` on one contract of ``config`` (all if None), this interpreter, the package in ``package_parent``."""
     require_module("importlinter", install='pip install -e ".[test]" (import-linter)')
     code = ("import sys; from importlinter.cli import lint_imports; "
             f"sys.exit(lint_imports(config_filename={str(config)!r}, no_cache=True, no_logo=True, "
@@ -53,7 +53,7 @@ def test_import_contract_is_kept(contract, tmp_path):
 
 
 def _sibling_cycles() -> str:
-    """Every import (module, line) on both sides of each cycle between siblings: acyclic_siblings names only one edge."""
+    """Every import (module, line) on both sides of each sibling cycle: acyclic_siblings names only one edge."""
     import grimp
 
     graph = grimp.build_graph("safetynet")
