@@ -28,7 +28,7 @@ def _contracts() -> list[dict]:
 
 
 def _lint(config: Path, contract: str | None, package_parent: Path, cwd: Path) -> subprocess.CompletedProcess:
-    """``lint-imports`` on one contract of ``config`` (None: all), this interpreter, the package in ``package_parent``."""
+    """`lint-imports` on one contract of `config` (None: all), this interpreter, the package in `package_parent`."""
     require_module("importlinter", install='pip install -e ".[test]" (import-linter)')
     code = ("import sys; from importlinter.cli import lint_imports; "
             f"sys.exit(lint_imports(config_filename={str(config)!r}, no_cache=True, no_logo=True, "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 import numpy as np
 import pytest
@@ -125,9 +124,7 @@ def test_run_robustness_end_to_end(digits_checkpoint, tmp_path):
     cfg = RobustnessConfig(model=str(digits_checkpoint), dataset="digits", n=40, n_fit=300, eps_linf=[0.1, 0.2],
                            eps_l2=[1.0], sharpness=[1.0, 100.0], gamma_scale=[1.0], steps=15, hsja_queries=200,
                            hsja_steps=10, metzen_epochs=3, surrogate_epochs=3, extend_eps=1, out=str(tmp_path))
-    t0 = time.time()
     res = run_robustness(cfg)
-    assert time.time() - t0 < 120
     report = (tmp_path / "report.md").read_text()
     for heading in ("## Table 4 layout, L∞, ε = 0.2", "## Table 4 layout, L2, ε = 1", "## Reliability flags",
                     "λ (sigmoid sharpness)", "## HopSkipJump queries per image", "Detection rate at 5% false positives"):
