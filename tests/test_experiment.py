@@ -78,6 +78,7 @@ def _shown(cell: str, value: float) -> bool:
     return abs(shown - value) <= 0.5 * 10 ** -decimals / (100 if pct else 1) + 1e-12
 
 
+@pytest.mark.slow  # the whole demo experiment (digits_run)
 def test_report_tables_show_the_numbers_of_results_json(digits_run):
     results, out, _ = digits_run
     doc = json.loads((out / "results.json").read_text())
@@ -102,6 +103,7 @@ def test_report_tables_show_the_numbers_of_results_json(digits_run):
                 assert _shown(shown[col], r[key]), (det["title"], col, shown[col], r[key])
 
 
+@pytest.mark.slow  # the whole demo experiment (digits_run)
 def test_success_rates_equal_rechecking_the_adversarials_on_the_model(digits_run):
     import torch
 
@@ -131,6 +133,7 @@ def test_success_rates_equal_rechecking_the_adversarials_on_the_model(digits_run
             assert a["median_l2"] == pytest.approx(float(l2[(len(l2) - 1) // 2]), rel=1e-6)  # torch's lower median
 
 
+@pytest.mark.slow  # the whole demo experiment (digits_run)
 def test_auc_and_rates_equal_sklearn_on_the_detector_scores(digits_run):
     from sklearn.metrics import roc_auc_score
 
@@ -161,6 +164,7 @@ def test_auc_and_rates_equal_sklearn_on_the_detector_scores(digits_run):
         assert row["auc"] == pytest.approx(auc(conf["natural"], conf["adversarial"][row["attack"]]), abs=1e-9)
 
 
+@pytest.mark.slow  # the whole demo experiment (digits_run)
 def test_numbers_are_consistent(digits_run):
     results, _, _ = digits_run
     assert results["clean"]["test_accuracy"] > 0.9

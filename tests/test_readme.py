@@ -88,6 +88,7 @@ CHECKS = {"TopKMisclassification(y, k=5)": _check_api_example, "SmoothedTypeII(n
 
 
 @pytest.mark.parametrize("index", range(len(_python_blocks())))
+@pytest.mark.slow  # the README examples: attacks and SafetyNet fits on the shipped ResNet-20
 def test_readme_python_example_runs_and_does_what_it_says(index, tmp_path, monkeypatch, attack_calls, capsys):
     """Each block runs as the README shows it (no substitutions), then its results are re-checked."""
     from safetynet.models.pretrained import available_pretrained
