@@ -2,16 +2,21 @@
 
 ``SAFETYNET_DATA`` defaults to ``../shared/data`` (relative to the repository root). Where the
 folder is absent, tests that need it skip with the reason; under CI (``CI=true``) a missing
-data folder is a failure instead, so CI can never pass by silently skipping.
+data folder is a failure instead, so CI can never pass by silently skipping. Test dependencies
+(the peers torchattacks / Foolbox / ART, import-linter) follow the same rule: ``require_module``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 import torch
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,15 +25,27 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("SAFETYNET_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
+def missing(msg: str) -> NoReturn:
+    """Skip with ``msg``; under CI (``CI=true``) fail instead, so CI cannot pass by skipping."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(msg + " (CI=true: a missing data folder or test dependency is a failure)")
+    pytest.skip(msg)
+
+
 def require_data(*parts: str) -> Path:
     """Return ``SAFETYNET_DATA/<parts>``; skip (or fail under CI=true) when it is missing."""
     path = shared_data_dir().joinpath(*parts)
     if not path.exists():
-        msg = f"shared data {path} not found; set SAFETYNET_DATA to the folder holding cifar10-jpg/ and rgbd/"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg + " (CI=true: missing data is a failure)")
-        pytest.skip(msg)
+        missing(f"shared data {path} not found; set SAFETYNET_DATA to the folder holding cifar10-jpg/ and rgbd/")
     return path
+
+
+def require_module(name: str, install: str = 'pip install -e ".[test]"') -> ModuleType:
+    """Import and return the test dependency ``name``; skip (or fail under CI=true) when it is missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        missing(f"test dependency {name} is not installed ({e}); install it with {install}")
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +94,63 @@ def digits_protected(digits_checkpoint) -> dict:
     net = SafetyNet(model, layers=["relu2"], pool=4, detector_params={"random_state": 0}).fit(x, xa[ok])
     ens = SafetyNet(model, layers=["relu2", "fc1"], pool=4, detector_params={"random_state": 0}).fit(x, xa[ok])
     return {"model": model, "x": x, "y": y, "xa": xa[ok], "xt": xt, "yt": yt, "net": net, "ens": ens}
+
+
+# --- attack test models (test_attacks.py: contracts; test_peers.py: the same models against the peers) ---
+
+class TinyCNN(nn.Module):
+    """Digits classifier of our own (independent of safetynet.models), ReLU so DeepFool's linearisation is exact per cell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                                      nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features((x - 0.3) / 0.37))
+
+
+@pytest.fixture(scope="session")
+def tiny_digits():
+    """(model, 64 test images, labels): a TinyCNN trained for ~1 s on the digits (test accuracy > 0.9)."""
+    import torch.nn.functional as F
+
+    from safetynet.data import load_digits
+
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    train, test = load_digits("train"), load_digits("test")
+    model = TinyCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = train.images, train.labels
+    for _ in range(150):
+        idx = torch.randint(0, len(y), (128,), generator=gen)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    xt, yt = test.images[:64], test.labels[:64]
+    with torch.no_grad():
+        acc = (model(test.images).argmax(1) == test.labels).float().mean().item()
+    assert acc > 0.9, f"test model too weak to test attacks on ({acc:.2f})"
+    return model, xt, yt
+
+
+@pytest.fixture(scope="session")
+def random_resnet():
+    """(model, 8 noise images, the model's own labels): a randomly initialised ResNet-20, for arithmetic checks."""
+    from safetynet.models import build_model
+
+    torch.manual_seed(1)
+    model = build_model("resnet20").eval()
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    # Our gradient attacks run convolutions in channels-last layout (twice as fast on CPU). A
+    # random-init ResNet on noise has near-zero input gradients whose sign can differ between
+    # convolution kernels at 1e-7 and then cascade over BIM steps, so the reference gets the same
+    # layout: both run identical kernels and any remaining difference is the algorithm's.
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # labels the model "gets right", so the loss has a clean gradient
+    return model, x, y

@@ -13,29 +13,160 @@ from safetynet.experiment import ExperimentConfig, attack_grid, run_experiment
 from safetynet.experiment.run import _stratified_order
 
 
+def _spied_run(cfg: ExperimentConfig) -> tuple[dict, dict]:
+    """Run the experiment, keeping what the job computed on the way: every attack's inputs and outcome,
+    and the detector scores handed to the report writer (so the reported numbers can be recomputed)."""
+    from safetynet.experiment import report as report_mod
+    from safetynet.experiment import run as run_mod
+
+    seen: dict = {"attacks": []}
+    attack, write = run_mod.run_attack, report_mod.write_experiment_report
+
+    def spy_attack(model, setting, x, y, batch_size, desc):
+        outcome = attack(model, setting, x, y, batch_size, desc)
+        seen["attacks"].append({"setting": setting, "part": "train" if desc.endswith("(train)") else "test",
+                                "x": x, "y": y, "outcome": outcome, "model": model})
+        return outcome
+
+    def spy_write(out, cfg, results, settings, usable, scores, conf_scores, provenance):
+        seen.update(scores=scores, conf_scores=conf_scores)
+        return write(out, cfg, results, settings, usable, scores, conf_scores, provenance)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_mod, "run_attack", spy_attack)
+        mp.setattr(report_mod, "write_experiment_report", spy_write)
+        results = run_experiment(cfg)
+    assert {a["part"] for a in seen["attacks"]} == {"train", "test"} and "scores" in seen, "the spies saw nothing"
+    return results, seen
+
+
 @pytest.fixture(scope="module")
 def digits_run(digits_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     cfg = ExperimentConfig(dataset="digits", model=str(digits_checkpoint), layer="relu2", n_train=200, n_test=150,
                            metzen_epochs=2, threads=1, seed=0, out=str(out))
-    return run_experiment(cfg), out
+    results, seen = _spied_run(cfg)
+    return results, out, seen
 
 
-def test_report_files_written(digits_run):
-    results, out = digits_run
-    report = (out / "report.md").read_text()
-    for heading in ("## Attacks", "## Same-attack detection", "## Cross-attack generalisation", "classification confidence"):
-        assert heading in report
-    for png in ("success_vs_accuracy.png", "roc_svm-binary.png", "cross_attack_auc_metzen.png"):
-        data = (out / "figures" / png).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+def _tables(report: str, heading: str) -> dict[str, list[dict[str, str]]]:
+    """The Markdown tables under ``## heading``, keyed by their ``###`` sub-heading ("" if none)."""
+    section = report.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    tables: dict[str, list[dict[str, str]]] = {}
+    sub = ""
+    lines = section.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("### "):
+            sub = line[4:].strip()
+        elif line.startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("| ") and "---" in lines[i + 1]:
+            head = [c.strip() for c in line.strip("|").split("|")]
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.startswith("| "):
+                    break
+                rows.append(dict(zip(head, (c.strip() for c in row.strip("|").split("|")))))
+            tables[sub] = rows
+    return tables
+
+
+def _shown(cell: str, value: float) -> bool:
+    """A report cell ("93.3%", "0.912") shows ``value`` to its printed precision."""
+    pct = cell.endswith("%")
+    text = cell.rstrip("%")
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    shown = float(text) / (100 if pct else 1)
+    return abs(shown - value) <= 0.5 * 10 ** -decimals / (100 if pct else 1) + 1e-12
+
+
+@pytest.mark.slow  # the whole demo experiment (digits_run)
+def test_report_tables_show_the_numbers_of_results_json(digits_run):
+    results, out, _ = digits_run
     doc = json.loads((out / "results.json").read_text())
     assert doc["config"]["seed"] == 0 and doc["results"]["clean"]["test_images"] == 150
-    assert "environment" in doc and isinstance(doc["results"]["seconds"], float)
+    assert doc["results"]["attacks"] == json.loads(json.dumps(results["attacks"]))  # the file holds what was returned
+    report = (out / "report.md").read_text()
+    attacks = {r["attack"]: r for r in _tables(report, "Attacks")[""]}
+    assert set(attacks) == {a["label"] for a in doc["results"]["attacks"]}
+    for a in doc["results"]["attacks"]:
+        row = attacks[a["label"]]
+        assert _shown(row["success (test)"], a["success_rate_test"]), (row, a)
+        assert _shown(row["success (train)"], a["success_rate_train"]), (row, a)
+        assert int(row["adversarial test examples"]) == a["adversarial_test"]
+        assert _shown(row["median L2"], a["median_l2"]), (row, a)
+    same = _tables(report, "Same-attack detection")
+    for det in doc["results"]["detectors"].values():
+        rows = {r["attack"]: r for r in same[det["title"]]}
+        for r in det["same_attack"]:
+            shown = rows[r["label"]]
+            for col, key in (("AUC", "auc"), ("detection acc.", "balanced_accuracy"), ("TPR", "tpr"), ("FPR", "fpr"),
+                             ("fooled & undetected", "fooled_undetected")):
+                assert _shown(shown[col], r[key]), (det["title"], col, shown[col], r[key])
 
 
+@pytest.mark.slow  # the whole demo experiment (digits_run)
+def test_success_rates_equal_rechecking_the_adversarials_on_the_model(digits_run):
+    import torch
+
+    results, _, seen = digits_run
+    attacks = {a["key"]: a for a in results["attacks"]}
+    assert len(seen["attacks"]) == 2 * len(attacks)
+    for rec in seen["attacks"]:
+        s, x, y, o, model = rec["setting"], rec["x"], rec["y"], rec["outcome"], rec["model"]
+        adv = o.adversarial
+        assert adv.shape == x.shape and adv.min() >= 0 and adv.max() <= 1
+        with torch.no_grad():
+            clean_logits, pred = model(x), model(adv).argmax(1)
+        assert torch.equal(clean_logits.argmax(1), y)  # only natural (correctly classified) images are attacked
+        fooled = pred != y
+        if s.top_k:  # DeepFool-top-k: the label must also leave the clean top-k
+            fooled &= (pred[:, None] != clean_logits.topk(s.top_k, dim=1).indices).all(1)
+        assert torch.equal(o.success, fooled), s.key
+        delta = (adv - x).flatten(1)
+        if s.eps is not None:  # the budget holds on the clipped images
+            norm = delta.abs().amax(1) if s.family in ("FGSM", "BIM-Linf") else delta.norm(dim=1)
+            assert (norm <= s.eps + 1e-5).all(), s.key
+        a = attacks[s.key]
+        assert a[f"success_rate_{rec['part']}"] == pytest.approx(fooled.float().mean().item(), abs=1e-12)
+        if rec["part"] == "test":
+            assert a["adversarial_test"] == int(fooled.sum())
+            l2 = np.sort(delta.norm(dim=1)[fooled].numpy())
+            assert a["median_l2"] == pytest.approx(float(l2[(len(l2) - 1) // 2]), rel=1e-6)  # torch's lower median
+
+
+@pytest.mark.slow  # the whole demo experiment (digits_run)
+def test_auc_and_rates_equal_sklearn_on_the_detector_scores(digits_run):
+    from sklearn.metrics import roc_auc_score
+
+    def auc(nat, adv):
+        return roc_auc_score(np.r_[np.zeros(len(nat)), np.ones(len(adv))], np.r_[nat, adv])
+
+    results, _, seen = digits_run
+    test_success = {r["setting"].key: r["outcome"].success.numpy() for r in seen["attacks"] if r["part"] == "test"}
+    checked = 0
+    for name, det in results["detectors"].items():
+        scores = seen["scores"][name]
+        keys = det["cross_attack"]["train"]
+        for i, row in enumerate(det["same_attack"]):
+            sc = scores[row["attack"]]
+            nat, adv = sc["natural"], sc["adversarial"][row["attack"]]
+            assert row["auc"] == pytest.approx(auc(nat, adv), abs=1e-9), (name, row["attack"])
+            assert row["tpr"] == pytest.approx(np.mean(adv > 0)) and row["fpr"] == pytest.approx(np.mean(nat > 0))
+            rejected, fooled = sc["all_attempts"][row["attack"]] > 0, test_success[row["attack"]]
+            assert row["fooled_undetected"] == pytest.approx(np.mean(fooled & ~rejected))
+            assert row["correct_rejected"] == pytest.approx(np.mean(~fooled & rejected))
+            for j, tested in enumerate(keys):  # the cross-attack matrix: trained on row i, tested on column j
+                cross = auc(nat, sc["adversarial"][tested])
+                assert det["cross_attack"]["auc"][i][j] == pytest.approx(cross, abs=1e-9), (name, row["attack"], tested)
+                checked += 1
+    assert checked >= 4 * 4
+    conf = seen["conf_scores"]
+    for row in results["confidence_baseline"]["rows"]:
+        assert row["auc"] == pytest.approx(auc(conf["natural"], conf["adversarial"][row["attack"]]), abs=1e-9)
+
+
+@pytest.mark.slow  # the whole demo experiment (digits_run)
 def test_numbers_are_consistent(digits_run):
-    results, _ = digits_run
+    results, _, _ = digits_run
     assert results["clean"]["test_accuracy"] > 0.9
     attacks = {a["key"]: a for a in results["attacks"]}
     # DeepFool is a minimisation attack without a budget: it fools (nearly) every natural image.

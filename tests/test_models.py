@@ -440,6 +440,7 @@ def shipped_resnet20_accuracy(cifar10_dir) -> float:
     return correct / len(data)
 
 
+@pytest.mark.slow  # evaluates the shipped model on all 10,000 CIFAR-10 test images
 def test_shipped_resnet20_accuracy_matches_registry(shipped_resnet20_accuracy):
     """The registry's test_accuracy (quoted in reports and the README) is what the file really scores."""
     recorded = read_registry()["cifar10-resnet20"]["test_accuracy"]

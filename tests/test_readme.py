@@ -1,4 +1,4 @@
-"""Every Python example in the README runs as written (a README example that fails is a bug)."""
+"""Every Python example in the README runs as written and does what it says (re-checked on the model)."""
 
 from __future__ import annotations
 
@@ -20,16 +20,89 @@ def test_readme_has_examples():
     assert _python_blocks(), "README.md should show the Python API"
 
 
+@pytest.fixture
+def attack_calls(monkeypatch) -> list[dict]:
+    """Every attack call made while the test runs: the attack, its inputs and its (raw, clipped, success)."""
+    from safetynet.attacks.base import Attack
+
+    calls: list[dict] = []
+    call = Attack.__call__
+
+    def spy(self, model, x, criterion, **kwargs):
+        result = call(self, model, x, criterion, **kwargs)
+        calls.append({"attack": self, "model": model, "x": x, "criterion": criterion, "result": result, **kwargs})
+        return result
+
+    monkeypatch.setattr(Attack, "__call__", spy)
+    return calls
+
+
+def _logits(model, x):
+    import torch
+
+    with torch.no_grad():  # the attacks' own layout, so borderline argmaxes compare like for like
+        return model(x.contiguous(memory_format=torch.channels_last))
+
+
+def _check_api_example(ns: dict, calls: list[dict], printed: str) -> None:
+    """Block "Python API": BIM within its budget, DeepFool-5, SafetyNet's predict with REJECT = -1."""
+    import torch
+
+    model, x, y, adv, success = ns["model"], ns["x"], ns["y"], ns["adv"], ns["success"]
+    assert x.shape == (200, 3, 32, 32) and y.shape == (200,) and adv.shape == x.shape
+    assert adv.min() >= 0 and adv.max() <= 1 and (adv - x).abs().max() <= 4 / 255 + 1e-6
+    assert success.dtype == torch.bool and torch.equal(success, _logits(model, adv).argmax(1) != y)
+    assert success[:100].sum() >= 10, "too few adversarials to fit the detector on"
+    clean_top5 = _logits(model, x).topk(5, dim=1).indices
+    pred5 = _logits(model, ns["adv5"]).argmax(1)
+    outside = (pred5[:, None] != clean_top5).all(1) & (pred5 != y)
+    assert torch.equal(ns["ok5"], outside) and ns["ok5"].float().mean() > 0.5
+    labels, rest = ns["labels"], adv[100:]
+    detected = torch.as_tensor(ns["net"].detect(rest))
+    assert labels.shape == (100,) and ns["REJECT"] == -1
+    assert (labels[detected] == -1).all()
+    assert torch.equal(labels[~detected], _logits(model, rest).argmax(1)[~detected])
+    assert len(calls) == 2
+
+
+def _check_type2_example(ns: dict, calls: list[dict], printed: str) -> None:
+    """Block "Attacking classifier and detector": every success mask equals re-checking the clipped images
+    on the classifier and the real (hard-quantized) SafetyNet; the printed rates are those masks."""
+    import torch
+
+    model, net, x, y = ns["model"], ns["net"], ns["x"], ns["y"]
+    goal_calls = [c for c in calls if c["criterion"] is ns["goal"]]
+    assert len(goal_calls) == 3  # type I, smoothed type II, BPDA
+    for c, name in zip(goal_calls, ("type1", "smoothed", "bpda")):
+        clipped, success = c["result"].clipped, c["result"].success
+        assert torch.equal(success, ns[name]) and success.shape == (20,)
+        assert clipped.min() >= 0 and clipped.max() <= 1 and (clipped - x).abs().max() <= 4 / 255 + 1e-6
+        fooled = _logits(model, clipped).argmax(1) != y
+        assert torch.equal(success, fooled & ~torch.as_tensor(net.detect(clipped))), name
+    rates = [float(v) / 100 for v in re.findall(r"(\d+)%", printed)]
+    expected = [ns[n].float().mean().item() for n in ("type1", "smoothed", "bpda")]
+    assert len(rates) == 3 and all(abs(r - e) <= 0.005 + 1e-9 for r, e in zip(rates, expected)), (printed, expected)
+
+
+CHECKS = {"TopKMisclassification(y, k=5)": _check_api_example, "SmoothedTypeII(net": _check_type2_example}
+
+
 @pytest.mark.parametrize("index", range(len(_python_blocks())))
-def test_readme_python_example_runs(index, tmp_path, monkeypatch):
+@pytest.mark.slow  # the README examples: attacks and SafetyNet fits on the shipped ResNet-20
+def test_readme_python_example_runs_and_does_what_it_says(index, tmp_path, monkeypatch, attack_calls, capsys):
+    """Each block runs as the README shows it (no substitutions), then its results are re-checked."""
     from safetynet.models.pretrained import available_pretrained
 
     if "cifar10-resnet20" not in available_pretrained():
         pytest.fail("the shipped cifar10-resnet20 checkpoint is missing from src/safetynet/weights")
+    block = _python_blocks()[index]
+    checks = [check for marker, check in CHECKS.items() if marker in block]
+    assert len(checks) == 1, f"README block {index} has no behavioural check in tests/test_readme.py:\n{block}"
     script = tmp_path / f"readme_{index}.py"
-    script.write_text(_python_blocks()[index])
+    script.write_text(block)
     monkeypatch.chdir(tmp_path)
-    runpy.run_path(str(script), run_name="__main__")
+    ns = runpy.run_path(str(script), run_name="__main__")
+    checks[0](ns, attack_calls, capsys.readouterr().out)
 
 
 def _cli_lines() -> list[str]:

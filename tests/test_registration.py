@@ -157,6 +157,7 @@ def test_register_scenes_fixes_one_rig_in_train_and_val_only():
         register_scenes(train, val, saved={"cam-a": {"verdict": "applied", "scale": 0.9}})
 
 
+@pytest.mark.slow  # rebuilds SceneProof's training/validation frames (~100 s)
 def test_evaluation_applies_the_shipped_bundles_saved_registration():
     """evaluate/robustness rebuild the validation frames with the registration the bundle was
     trained with (read from the bundle), and that is what a fresh estimate gives on the same data."""

@@ -20,7 +20,7 @@ from safetynet.data.rgbd import (RGBDFrame, associate_timestamps, find_rgbd_item
                                  stack_frames)
 from safetynet.errors import DataError, InputError
 
-from conftest import require_data
+from conftest import require_data, require_module
 
 H, W = 6, 8
 
@@ -379,7 +379,7 @@ def test_infer_depth_scale():
 
 # ----------------------------------------------------------------------------------------- NYU .mat
 def test_nyu_mat(tmp_path):
-    h5py = pytest.importorskip("h5py", reason="h5py not installed; the NYU .mat reader needs it")
+    h5py = require_module("h5py")  # the NYU .mat reader needs it (test extra)
     n, h, w = 2, 5, 7
     img_hw = np.random.default_rng(4).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
     dep_hw = np.random.default_rng(5).uniform(0.7, 9, (n, h, w))

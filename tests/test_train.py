@@ -73,6 +73,7 @@ def test_augment_batch_is_a_padded_crop_and_flip_per_image():
     assert torch.equal(out, again)  # deterministic by generator
 
 
+@pytest.mark.slow  # several training runs of a ResNet-20
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     straight = train(_cfg(tmp_path / "straight"))
     _interrupt_at_epoch(monkeypatch, 3)
@@ -97,6 +98,7 @@ def test_resume_refuses_other_settings(tmp_path):
         train(_cfg(tmp_path / "run", epochs=1, swa_epochs=1))
 
 
+@pytest.mark.slow  # several training runs of a ResNet-20
 def test_warm_start_checks_the_architecture(tmp_path):
     train(_cfg(tmp_path / "small", arch="smallcnn", epochs=1))
     with pytest.raises(InputError, match="same architecture"):
@@ -121,6 +123,7 @@ def test_swa_settings_are_validated(tmp_path, kw, match):
 
 
 @pytest.mark.parametrize("per_epoch", [1, 3])
+@pytest.mark.slow  # several training runs of a ResNet-20
 def test_swa_saves_the_mean_of_the_swa_epochs_with_recomputed_batchnorm(tmp_path, monkeypatch, per_epoch):
     snapshots: list[dict[str, torch.Tensor]] = []
     lrs: list[float] = []
@@ -169,6 +172,7 @@ def test_swa_saves_the_mean_of_the_swa_epochs_with_recomputed_batchnorm(tmp_path
             assert torch.equal(value, call["buffers"][name]), name
 
 
+@pytest.mark.slow  # several training runs of a ResNet-20
 def test_swa_resumes_mid_average(tmp_path, monkeypatch):
     cfg = dict(epochs=4, swa_epochs=3, swa_lr=0.02, swa_per_epoch=2)
     train(_cfg(tmp_path / "straight", **cfg))

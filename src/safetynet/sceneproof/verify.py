@@ -44,6 +44,7 @@ from .sampling import grid_patches
 REAL_VERDICT, FAKE_VERDICT, REJECTED_VERDICT = "real", "fake", "rejected (adversarial)"
 EXIT_CODES = {REAL_VERDICT: 0, FAKE_VERDICT: 1, REJECTED_VERDICT: 2}
 EXIT_BAD_INPUT = 3
+EXIT_REAL, EXIT_FAKE, EXIT_REJECTED = (EXIT_CODES[v] for v in (REAL_VERDICT, FAKE_VERDICT, REJECTED_VERDICT))
 
 
 @dataclass
@@ -220,6 +221,7 @@ def calibrate_real_threshold(real_scores: Sequence[float], fake_scores: Sequence
     return best_t, best_acc
 
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_CODES", "FAKE_VERDICT", "REAL_VERDICT", "REJECTED_VERDICT", "Verdict",
+__all__ = ["EXIT_BAD_INPUT", "EXIT_CODES", "EXIT_FAKE", "EXIT_REAL", "EXIT_REJECTED", "FAKE_VERDICT", "REAL_VERDICT",
+           "REJECTED_VERDICT", "Verdict",
            "calibrate_real_threshold", "crop_to_aspect", "decide", "frame_evidence", "prepare_frames", "verify",
            "verify_frames"]
