@@ -16,7 +16,7 @@ from safetynet.data import load_digits
 from safetynet.detectors.confidence import ConfidenceDetector
 from safetynet.detectors.metzen import MetzenDetector, MetzenSubnetwork, auto_pools, classifier_fingerprint
 from safetynet.errors import CheckpointError, InputError
-from safetynet.evaluation.metrics import roc_auc
+from safetynet.metrics import roc_auc
 from safetynet.models import build_model
 from safetynet.taps import extract_activations
 

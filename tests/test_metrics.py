@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
 from safetynet.errors import InputError
-from safetynet.evaluation.metrics import (
+from safetynet.metrics import (
     adversary_success_rate,
     cross_attack_matrix,
     detection_metrics,

@@ -11,7 +11,7 @@ import torch
 
 from safetynet.errors import InputError
 from safetynet.evaluation import plots
-from safetynet.evaluation.metrics import cross_attack_matrix, detection_metrics
+from safetynet.metrics import cross_attack_matrix, detection_metrics
 from safetynet.evaluation.report import (
     MarkdownReport,
     environment_info,

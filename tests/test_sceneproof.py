@@ -286,7 +286,7 @@ def test_robustness_job_on_a_sceneproof_bundle_attacks_only_depth(tmp_path):
 
 def test_evaluate_tables_agree_with_the_engine_and_direct_computation(tiny_bundle, tmp_path):
     """Table 4 of `sceneproof evaluate` is the robustness engine's output: same cells, same defences."""
-    from safetynet.evaluation.metrics import safetynet_rates
+    from safetynet.metrics import safetynet_rates
     from safetynet.robustness import RobustnessConfig, run_robustness
     from safetynet.sceneproof.evaluate import EvaluateConfig, evaluate_sceneproof
     from safetynet.sceneproof.labels import REAL

@@ -200,7 +200,8 @@ def test_zero_depth_fake_of_the_real_capture_is_not_judged_real(real_capture, tm
     """
     from safetynet.data.rgbd import read_frame
     from safetynet.sceneproof import zero_depth
-    from safetynet.sceneproof.model import FrameSet, SceneProof
+    from safetynet.sceneproof.bundle import SceneProof
+    from safetynet.sceneproof.frames import FrameSet
     from safetynet.sceneproof.verify import prepare_frames, verify_frames
 
     zero = tmp_path / "zero.png"

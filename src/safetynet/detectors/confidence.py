@@ -9,7 +9,7 @@ be weak against strong attacks -- which is the point of the comparison.
 Score: ``decision_function(X) = 1 − max softmax(X)``, higher = more adversarial (label 1);
 ``predict(X) = decision_function(X) > threshold_``. The threshold is either given or chosen in
 ``fit`` on natural data for a target false positive rate (see
-:func:`safetynet.evaluation.metrics.threshold_at_fpr`).
+:func:`safetynet.metrics.threshold_at_fpr`).
 
 Example::
 
@@ -27,7 +27,7 @@ import torch
 from sklearn.base import BaseEstimator
 
 from ..errors import InputError
-from ..evaluation.metrics import threshold_at_fpr
+from ..metrics import threshold_at_fpr
 
 __all__ = ["ConfidenceDetector"]
 

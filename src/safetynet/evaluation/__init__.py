@@ -4,7 +4,7 @@ Plots import matplotlib lazily (``safetynet.evaluation.plots``), so ``import
 safetynet.evaluation`` stays light.
 """
 
-from .metrics import (
+from ..metrics import (
     CrossAttackMatrix,
     DetectionMetrics,
     adversary_success_rate,

@@ -13,7 +13,7 @@ bundle's calibrated detectors. A Defence answers four questions about a batch of
   threshold.
 
 ``calibrate(natural, fpr)`` moves the rejection threshold so that a share ``fpr`` of the given
-natural images is rejected (:func:`~safetynet.evaluation.metrics.threshold_at_fpr`); before any
+natural images is rejected (:func:`~safetynet.metrics.threshold_at_fpr`); before any
 calibration the threshold is the detector's own (0 for an SVM margin or a subnetwork logit).
 Attacks see the calibrated decision too: :attr:`~Defence.target` is the detector shifted by the
 threshold, and its differentiable surrogate (:meth:`CalibratedDetector.detector_score`) is
@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..attacks.batched import predict
-from .metrics import threshold_at_fpr
+from ..metrics import threshold_at_fpr
 
 __all__ = ["CalibratedDetector", "ConfidenceOnImages", "Defence", "Verdicts", "smoothable"]
 

@@ -11,7 +11,7 @@ rows of :data:`~safetynet.evaluation.rows.ATTACK_ROWS`:
   100 % or the budget cap, so each curve shows where the defence finally breaks.
 
 Every result is judged by the *real* defence (:meth:`Defence.evaluate`), and one record per
-(row, norm, eps, defence) holds the rates of :func:`~safetynet.evaluation.metrics.safetynet_rates`
+(row, norm, eps, defence) holds the rates of :func:`~safetynet.metrics.safetynet_rates`
 plus the adversary's success over the images the classifier got right before the attack.
 """
 
@@ -28,7 +28,7 @@ import torch
 from ..errors import InputError
 from ..attacks.batched import attack_in_batches
 from .defence import Defence, Verdicts, smoothable
-from .metrics import safetynet_rates, tpr_at_fpr
+from ..metrics import safetynet_rates, tpr_at_fpr
 from .rows import AttackRow, base_row
 from .surrogates import SurrogatePool
 from .task import Task

@@ -8,9 +8,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..evaluation.metrics import CrossAttackMatrix
+from ..metrics import CrossAttackMatrix
 from ..evaluation.plots import plot_cross_attack_heatmap, plot_roc_curves, plot_success_vs_accuracy
-from ..evaluation.metrics import RATE_LABELS
+from ..metrics import RATE_LABELS
 from ..evaluation.report import MarkdownReport, environment_info, reproduce_paragraph, write_results_json
 from .config import DETECTOR_TITLES, DETECTORS
 
@@ -88,7 +88,7 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
         "*W→A* (wrong and accepted; `misclassified_accepted` in results.json, the same rate as in the robustness "
         "report) is the paper's F→T for a multi-class classifier: the share of all attack attempts whose result is "
         "misclassified (top-1) **and** passes the detector; *T→T rej* (`correct_rejected`): the attempt left the label "
-        "right but the detector rejects it. Both from `safetynet.evaluation.metrics.safetynet_rates`.")
+        "right but the detector rejects it. Both from `safetynet.metrics.safetynet_rates`.")
     if "fig2" in figures:
         rep.image(figures["fig2"], "adversary success vs detection accuracy")
         rep.image(figures["roc-svm-binary"], "ROC SafetyNet binary")

@@ -255,7 +255,7 @@ def _score_all(score_fn, nat_te, miss_te, adv_by_key, all_by_key, settings) -> d
 
 
 def _summarise(cfg, settings, usable, outcomes, scores, conf, conf_scores, fitted_params, clean) -> dict[str, Any]:
-    from ..evaluation.metrics import cross_attack_matrix, detection_metrics, safetynet_rates
+    from ..metrics import cross_attack_matrix, detection_metrics, safetynet_rates
     from ..evaluation.report import config_record
 
     attacks = []

@@ -10,7 +10,7 @@ the paper's table, whose non-attack row shows the classifier's unforced errors):
 * **T→T rej** (right label rejected) = #(prediction == true label and rejected) / n: the cost
   of the detector (it only matters for non-attack data, as the paper notes).
 * with ``positive_class`` (a binary task) also the paper's **F→T** and **T→F**, per ground truth
-  (:func:`safetynet.evaluation.metrics.safetynet_rates`).
+  (:func:`safetynet.metrics.safetynet_rates`).
 
 The *success* of an attack (curves, flags) is W→A restricted to the images the classifier
 labels correctly before the attack.

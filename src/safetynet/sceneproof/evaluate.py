@@ -15,7 +15,7 @@ Tables (layouts of Lu et al., ICCV 2017, sec. 3):
   II attacks, white-box ("Gradient Descent") and transfer from a surrogate classifier;
 * Table 1: the summary for Det A, as in the paper.
 
-Rates follow :func:`safetynet.evaluation.metrics.safetynet_rates` with ``positive_class=1``:
+Rates follow :func:`safetynet.metrics.safetynet_rates` with ``positive_class=1``:
 F→T = fake patches labelled real and not rejected / fake patches; T→F = real patches labelled
 fake and not rejected / real patches; T→T reject = real patches labelled real and rejected /
 real patches.

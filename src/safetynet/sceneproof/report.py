@@ -60,7 +60,7 @@ def _rates_cells(cells: Mapping[str, float] | None) -> list[str]:
 
 def write_report(path: Path, results: Mapping[str, Any], bundle: SceneProof, env: Mapping[str, Any]) -> Path:
     """Markdown report of :func:`evaluate_sceneproof`'s results; ``env`` is what results.json records."""
-    from ..evaluation.metrics import RATE_LABELS
+    from ..metrics import RATE_LABELS
     from ..evaluation.report import MarkdownReport, reproduce_paragraph
 
     tr = bundle.settings.get("training", {})

@@ -1,6 +1,6 @@
 """SceneProof's tables (Lu et al., ICCV 2017, sec. 3): what each row and cell of Tables 1-4 means, as functions.
 
-Rates are those of :func:`safetynet.evaluation.metrics.safetynet_rates` with ``positive_class=1``
+Rates are those of :func:`safetynet.metrics.safetynet_rates` with ``positive_class=1``
 (real): F→T = fake patches labelled real and not rejected / fake patches; T→F = real patches
 labelled fake and not rejected / real patches; T→T reject = real patches labelled real and
 rejected / real patches.
@@ -22,7 +22,7 @@ __all__ = ["DEFENCES", "RATE_KEYS", "TABLE2_COLUMNS", "TABLE4_METHODS", "UNSEEN_
            "average_rows", "defence_rates", "table2_row", "table3_row", "table4_cells"]
 
 TABLE2_COLUMNS = ("Classifier Acc", "B", "A", "B∧A", "A∨B", "A∨B, T")
-RATE_KEYS = ("F->T", "T->F", "T->T reject")  # the names of safetynet.evaluation.metrics.safetynet_rates
+RATE_KEYS = ("F->T", "T->F", "T->T reject")  # the names of safetynet.metrics.safetynet_rates
 DEFENCES = {"Ori": None, "Subnet Det": "M", "Det A": "A", "Det ABC": "ABC"}
 #: The paper's names for the engine's rows (safetynet.evaluation.rows) in SceneProof's Table 4.
 TABLE4_METHODS = {"bim": "Gradient Descent (I)", "type2": "Gradient Descent (II)",
@@ -61,7 +61,7 @@ def table3_row(y_pred: Any, flags_a: Any, flags_b: Any, flags_abc: Any | None = 
 
 def table4_cells(y_true: Any, y_pred: Any, rejected: Any | None = None) -> dict[str, float]:
     """F→T, T→F, T→T reject (the paper's rates; see the module docstring); ``rejected=None``: no detector."""
-    from ..evaluation.metrics import safetynet_rates
+    from ..metrics import safetynet_rates
 
     yt = np.asarray(y_true)
     rej = np.zeros(yt.shape, dtype=bool) if rejected is None else np.asarray(rejected, dtype=bool)

@@ -242,7 +242,7 @@ def _select(n: int, k: int, rng: np.random.Generator, exclude: np.ndarray | None
 def train_sceneproof(cfg: SceneProofConfig) -> dict[str, Any]:
     """Train and save a SceneProof bundle in ``cfg.out``; returns the training summary (also saved)."""
     from ..detectors.metzen import MetzenDetector
-    from ..evaluation.metrics import threshold_at_fpr
+    from ..metrics import threshold_at_fpr
     from ..safetynet import SafetyNet
     from .attacks import depth_bim
     from .depth_regressor import train_depth_regressor

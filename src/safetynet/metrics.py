@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy.stats import rankdata
 
-from ..errors import InputError
+from .errors import InputError
 
 __all__ = [
     "DetectionMetrics",
