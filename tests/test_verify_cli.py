@@ -1,10 +1,10 @@
 """``safetynet sceneproof verify``: exit codes, bad input, JSON output, the shipped bundle.
 
-Exit codes 0/1/2 are forced deterministically with copies of the shipped bundle whose
+Exit codes 0/1/4 are forced deterministically with copies of the shipped bundle whose
 ``sceneproof.json`` is edited: ``real_threshold = -1`` makes every accepted pair real (0),
 ``real_threshold = 1`` every accepted pair fake (1), and detector thresholds of ``-1e9`` make
-every detector fire on every patch, so the pair is rejected as adversarial (2). Bad input
-exits 3 with one line on stderr and no traceback.
+every detector fire on every patch, so the pair is rejected as adversarial (4). Bad input
+exits 3 with one line on stderr and no traceback; 2 stays argparse's usage error.
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ import pytest
 from PIL import Image
 
 from safetynet.cli import main
+from safetynet.exit_codes import EXIT_BAD_INPUT, EXIT_FAKE, EXIT_REAL, EXIT_REJECTED, EXIT_USAGE
 from safetynet.sceneproof.model import default_model_dir
 
 SHIPPED = default_model_dir()
+VERDICT_CODES = (EXIT_REAL, EXIT_FAKE, EXIT_REJECTED)
+assert len({*VERDICT_CODES, EXIT_USAGE, EXIT_BAD_INPUT}) == 5  # a typo or bad input never reads as a verdict
 
 
 def _write_pair(folder: Path, h: int = 120, w: int = 160, seed: int = 0) -> tuple[Path, Path]:
@@ -68,7 +71,7 @@ def test_shipped_bundle_is_small_and_complete():
 @pytest.mark.parametrize("changes, expected, verdict", [
     ({"real_threshold": -1.0}, 0, "real"),
     ({"real_threshold": 1.0}, 1, "fake"),
-    ({"thresholds": {"A": -1e9, "B": -1e9, "C": -1e9}}, 2, "rejected (adversarial)"),
+    ({"thresholds": {"A": -1e9, "B": -1e9, "C": -1e9}}, EXIT_REJECTED, "rejected (adversarial)"),
 ])
 def test_exit_codes_with_crafted_bundles(tmp_path, pair, capsys, changes, expected, verdict):
     model = _bundle_copy(tmp_path, **changes)
@@ -98,14 +101,14 @@ def test_json_schema(pair, capsys):
 
 def test_human_output_is_one_verdict_with_evidence(pair, capsys):
     code, out, err = _run(pair, capsys)
-    assert code in (0, 1, 2)
+    assert code in VERDICT_CODES
     first = out.splitlines()[0]
     assert first.split(":")[0] in ("real", "fake", "rejected (adversarial)")
     assert "P(real)" in out and err == ""
 
 
 def _assert_bad_input(code, out, err, needle):
-    assert code == 3
+    assert code == EXIT_BAD_INPUT
     assert out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("safetynet: error:"), err
@@ -161,13 +164,16 @@ def test_too_small_and_bad_model(tmp_path, capsys):
 
 
 def test_console_script_exit_code(tmp_path, pair):
-    """The real entry point: bad input exits 3 (not the global 2), and a verdict exits 0, 1 or 2."""
+    """The real entry point: a typo exits 2 (argparse), bad input 3, a verdict 0, 1 or 4: all different."""
     exe = Path(sys.executable).with_name("safetynet")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "safetynet.cli"]
     r = subprocess.run([*cmd, "sceneproof", "verify", str(pair[0]), str(tmp_path / "missing.png")],
                        check=False, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 3 and "Traceback" not in r.stderr
+    assert r.returncode == EXIT_BAD_INPUT and "Traceback" not in r.stderr
+    r = subprocess.run([*cmd, "sceneproof", "verfy", *map(str, pair)], check=False, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == EXIT_USAGE and "invalid choice: 'verfy'" in r.stderr
     r = subprocess.run([*cmd, "sceneproof", "verify", *map(str, pair)], check=False, capture_output=True, text=True,
                        timeout=120)
-    assert r.returncode in (0, 1, 2) and r.stdout.splitlines()[0].split(":")[0] in ("real", "fake",
+    assert r.returncode in VERDICT_CODES and r.stdout.splitlines()[0].split(":")[0] in ("real", "fake",
                                                                                     "rejected (adversarial)")

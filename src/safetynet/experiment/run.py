@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._job import start_job
+from .._job import prepare_output
 from ..errors import InputError
 from .config import DETECTOR_TITLES, DETECTORS, AttackSetting, ExperimentConfig, attack_grid  # noqa: F401
 
@@ -135,7 +135,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
     cfg.validate()
     t_start = time.time()
-    out = start_job(cfg.threads, cfg.seed, cfg.out)
+    out = prepare_output(cfg.out)
     settings = attack_grid(cfg.grid)
     model, model_source = resolve_model(cfg.model)
     model.eval()

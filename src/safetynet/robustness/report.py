@@ -224,7 +224,7 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
         f"({results['provenance']['test']}), clean accuracy {_pct(c['accuracy'])}. Detectors fitted on "
         f"{fit['natural_fit']} natural vs {fit['adversarial_fit']} BIM-L∞ (ε={_eps(fit['fit_eps_linf'])}) adversarial "
         f"images ({results['provenance']['fit']}). Run time {results['seconds']:.0f} s, seed {cfg.seed}, "
-        f"{cfg.threads} thread(s)." + (" **Every attack changes only the depth channel** (the SceneProof threat "
+        f"{torch.get_num_threads()} thread(s)." + (" **Every attack changes only the depth channel** (the SceneProof threat "
                                        "model); RGB stays bit-identical." if results.get("perturbed") == "depth channel only"
                                        else ""))
     det_rows = []

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._job import start_job
+from .._job import prepare_output
 from ..errors import InputError
 from ..evaluation.rows import ATTACK_ROWS, DEFENCES, TRANSFER_ROWS, AttackRow, base_row, expand_rows  # noqa: F401
 from .config import RobustnessConfig
@@ -127,8 +127,7 @@ def _classifier(cfg: RobustnessConfig, out: Path) -> tuple[nn.Module, str, str |
     if cfg.model is None:
         from .surrogates import train_surrogate
 
-        model, metrics = train_surrogate("smallcnn", cfg.seed, dataset="digits", out=out / "classifier", epochs=4,
-                                         threads=cfg.threads)
+        model, metrics = train_surrogate("smallcnn", cfg.seed, dataset="digits", out=out / "classifier", epochs=4)
         return model, f"SmallCNN trained for this run ({out / 'classifier'}, test acc {metrics.get('test_acc', float('nan')):.3f})", "smallcnn"
     if Path(cfg.model).is_dir():
         model, meta = load_checkpoint(cfg.model)
@@ -182,7 +181,7 @@ def run_robustness(cfg: RobustnessConfig) -> dict[str, Any]:
 
     cfg.validate()
     t_start = time.time()
-    out = start_job(cfg.threads, cfg.seed, cfg.out)
+    out = prepare_output(cfg.out)
     timings: dict[str, float] = {}
 
     def tick(name: str, t0: float) -> None:
@@ -378,7 +377,7 @@ class _Surrogate:
                 seed = _trained_surrogate_seed(cfg, self.index)
                 sub = "surrogate" if len(ctx.surrogates) == 1 else f"surrogate-{self.tag}"
                 model, metrics = train_surrogate(arch, seed, dataset=cfg.dataset, out=ctx.out / sub,
-                                                 epochs=cfg.surrogate_epochs, data_dir=cfg.data_dir, threads=cfg.threads)
+                                                 epochs=cfg.surrogate_epochs, data_dir=cfg.data_dir)
                 info = {"source": "trained for this run", "arch": arch, "seed": seed, "epochs": cfg.surrogate_epochs,
                         "test_acc": metrics.get("test_acc")}
             model.eval()

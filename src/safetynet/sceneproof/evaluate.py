@@ -226,7 +226,6 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
     from .train import TRAIN_KINDS, default_data_dir
     from .verify import verify_frames
 
-    torch.set_num_threads(cfg.threads)
     t0 = time.time()
     lap = Laps(log)
     times = lap.times
