@@ -54,5 +54,5 @@ def dataset_info(cfg: DataInfoConfig) -> dict:
             "image_shape": list(ds.images_u8.shape[1:]), "per_class": dict(zip(ds.classes, counts))}
 
 
-__all__ = ["CLASSES", "DATASETS", "DataInfoConfig", "ImageSet", "dataset_info", "load_binary", "load_cifar10", "load_dataset", "load_digits",
-           "load_folder", "load_python"]
+__all__ = ["CLASSES", "DATASETS", "DataInfoConfig", "ImageSet", "dataset_info", "load_binary", "load_cifar10",
+           "load_dataset", "load_digits", "load_folder", "load_python"]
