@@ -1,4 +1,4 @@
-"""``safetynet attack``: exit codes, one-line errors and the contents of the output file."""
+"""``safetynet attack``: exit codes (3 for bad input), one-line errors and the contents of the output file."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from safetynet.cli import main
+from safetynet.exit_codes import EXIT_BAD_INPUT
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def checkpoint(tmp_path_factory):
 
 
 def _run(capsys, *argv):
-    code = main(list(argv))
+    code = main([*argv, "--json"])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -111,7 +112,7 @@ def test_bad_input_gives_one_line_error(checkpoint, tmp_path, capsys, args, matc
     out = tmp_path / "x.npz"
     base = ["attack", "--model", str(checkpoint), "--dataset", "digits", "--n", "4", "--out", str(out)]
     code, stdout, err = _run(capsys, *base, *args)
-    assert code == 2 and stdout == ""
+    assert code == EXIT_BAD_INPUT and stdout == ""
     assert err.startswith("safetynet: error:") and err.count("\n") == 1 and match in err
     assert not out.exists()
 
@@ -119,7 +120,7 @@ def test_bad_input_gives_one_line_error(checkpoint, tmp_path, capsys, args, matc
 def test_missing_checkpoint_and_wrong_data_set(checkpoint, tmp_path, capsys):
     code, _, err = _run(capsys, "attack", "--model", str(tmp_path / "nope"), "--attack", "fgsm", "--eps", "0.1",
                         "--dataset", "digits", "--out", str(tmp_path / "x.npz"))
-    assert code == 2 and err.count("\n") == 1
+    assert code == EXIT_BAD_INPUT and err.count("\n") == 1
     code, _, err = _run(capsys, "attack", "--model", str(checkpoint), "--attack", "fgsm", "--eps", "0.1",
                         "--dataset", "cifar10-sample", "--n", "4", "--out", str(tmp_path / "x.npz"))
-    assert code == 2 and err.count("\n") == 1 and "data set it was trained for" in err
+    assert code == EXIT_BAD_INPUT and err.count("\n") == 1 and "data set it was trained for" in err

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from safetynet import cli
+from safetynet.exit_codes import EXIT_BAD_INPUT
 from safetynet.data import CLASSES, load_binary, load_cifar10, load_dataset, load_digits, load_folder, load_python
 from safetynet.data import cifar10 as cifar10_mod
 from safetynet.data import download as dl
@@ -314,7 +315,7 @@ def test_bad_split_is_an_input_error(tmp_path):
 def test_cli_reports_data_error_in_one_line(tmp_path, capsys):
     rc = cli.main(["data", "info", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nope")])
     err = capsys.readouterr().err.strip()
-    assert rc == 2
+    assert rc == EXIT_BAD_INPUT
     assert err.startswith("safetynet: error:") and "does not exist" in err and "\n" not in err
 
 
@@ -502,8 +503,8 @@ def test_download_good_checksum_via_cli(tmp_path, monkeypatch, fake_server, form
     monkeypatch.setitem(dl.SOURCES, form, dl.Source(official.url, hashlib.md5(payload).hexdigest(),
                                                     official.folder, official.files))
     dest = tmp_path / "dest"
-    rc = cli.main(["data", "download", "cifar10", "--to", str(dest), "--form", form,
-                   "--sha256", hashlib.sha256(payload).hexdigest()])
+    rc = cli.main(["data", "download", "cifar10", "--out", str(dest), "--form", form,
+                   "--sha256", hashlib.sha256(payload).hexdigest(), "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["path"] == str(dest / official.folder)
@@ -621,6 +622,6 @@ def test_digits_split_is_a_partition():
 
 
 def test_cli_data_info_digits(capsys):
-    assert cli.main(["data", "info", "--dataset", "digits", "--split", "test"]) == 0
+    assert cli.main(["data", "info", "--dataset", "digits", "--split", "test", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["images"] == 450 and sum(out["per_class"].values()) == 450 and out["image_shape"] == [1, 8, 8]

@@ -9,6 +9,7 @@ import pytest
 
 from safetynet.cli import main
 from safetynet.errors import InputError
+from safetynet.exit_codes import EXIT_BAD_INPUT
 from safetynet.experiment import ExperimentConfig, attack_grid, run_experiment
 from safetynet.experiment.run import _stratified_order
 
@@ -44,7 +45,7 @@ def _spied_run(cfg: ExperimentConfig) -> tuple[dict, dict]:
 def digits_run(digits_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     cfg = ExperimentConfig(dataset="digits", model=str(digits_checkpoint), layer="relu2", n_train=200, n_test=150,
-                           metzen_epochs=2, threads=1, seed=0, out=str(out))
+                           metzen_epochs=2, seed=0, out=str(out))
     results, seen = _spied_run(cfg)
     return results, out, seen
 
@@ -205,4 +206,4 @@ def test_bad_config_is_refused(tmp_path):
     with pytest.raises(InputError, match="n_train"):
         run_experiment(ExperimentConfig(n_train=3, out=str(tmp_path)))
     code = main(["demo", "--dataset", "cifar10", "--out", str(tmp_path / "x")])
-    assert code == 2 and not (tmp_path / "x" / "report.md").exists()
+    assert code == EXIT_BAD_INPUT and not (tmp_path / "x" / "report.md").exists()

@@ -104,7 +104,16 @@ def test_config_validation_and_default_layers():
     from safetynet.robustness.run import RobustnessConfig, default_layers
 
     RobustnessConfig().validate()
-    for bad, match in (({"dataset": "mnist"}, "dataset"), ({"dataset": "cifar10"}, "--model"), ({"n": 0}, "n must"),
+    # model None: the shipped ResNet-20 for CIFAR-10 (full or sample), a tiny trained SmallCNN for digits,
+    # the shipped bundle for sceneproof; the sample (no training split) skips the transfer rows
+    for dataset, model in (("cifar10-sample", "cifar10-resnet20"), ("cifar10", "cifar10-resnet20"),
+                           ("digits", None), ("sceneproof", None)):
+        assert RobustnessConfig(dataset=dataset).model == model
+    assert "transfer-bim" not in RobustnessConfig().attacks and "hsja" in RobustnessConfig().attacks
+    assert "transfer-bim" in RobustnessConfig(dataset="digits").attacks
+    assert RobustnessConfig(pool=0).pool is None and RobustnessConfig().pool == 4  # 0 = all units
+    for bad, match in (({"dataset": "mnist"}, "dataset"), ({"n": 0}, "n must"), ({"pool": -1}, "pool"),
+                       ({"attacks": ["transfer-fgsm"]}, "surrogate"),
                        ({"attacks": ["pgd"]}, "unknown attacks"), ({"norms": ["l1"]}, "norms"),
                        ({"eps_linf": [-0.1]}, "eps"), ({"sharpness": []}, "sharpness"), ({"levels": 3}, "levels"),
                        ({"target_fpr": 1.0}, "target_fpr"), ({"extend_eps": -1}, "extend_eps")):
@@ -212,7 +221,7 @@ def test_cli_robustness_trains_a_tiny_model_and_reports(tmp_path, capsys):
     rc = main(["robustness", "--dataset", "digits", "--n", "20", "--n-fit", "200", "--attacks", "bim", "type2", "hsja",
                "--norms", "linf", "--eps-linf", "0.1", "0.2", "--sharpness", "10", "--gamma-scale", "1", "--steps", "10",
                "--hsja-queries", "100", "--hsja-steps", "5", "--metzen-epochs", "2", "--extend-eps", "0",
-               "--out", str(tmp_path)])
+               "--out", str(tmp_path), "--json"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["report"] == str(tmp_path / "report.md") and (tmp_path / "report.md").is_file()
@@ -224,11 +233,16 @@ def test_cli_robustness_trains_a_tiny_model_and_reports(tmp_path, capsys):
 def test_cli_robustness_errors(tmp_path, capsys):
     from safetynet.cli import main
 
-    assert main(["robustness", "--dataset", "cifar10", "--out", str(tmp_path)]) == 2
-    assert "--model" in capsys.readouterr().err
-    assert main(["robustness", "--attacks", "pgd", "--out", str(tmp_path)]) == 2
+    from safetynet.exit_codes import EXIT_BAD_INPUT
+
+    assert main(["robustness", "--dataset", "cifar10", "--out", str(tmp_path)]) == EXIT_BAD_INPUT
+    assert "--data-dir" in capsys.readouterr().err
+    assert main(["robustness", "--attacks", "pgd", "--out", str(tmp_path)]) == EXIT_BAD_INPUT
     assert "unknown attacks" in capsys.readouterr().err
-    assert main(["robustness", "--surrogate-model", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path)]) == 2
+    assert main(["robustness", "--attacks", "bim", "transfer-bim", "--out", str(tmp_path)]) == EXIT_BAD_INPUT
+    assert "no training split for a surrogate" in capsys.readouterr().err
+    assert main(["robustness", "--surrogate-model", str(tmp_path / "a"), str(tmp_path / "b"),
+                 "--out", str(tmp_path)]) == EXIT_BAD_INPUT
     assert "surrogate checkpoint folder" in capsys.readouterr().err
     from safetynet.cli import build_parser
 

@@ -329,10 +329,12 @@ def test_evaluate_tables_agree_with_the_engine_and_direct_computation(tiny_bundl
 
 
 def test_train_cli_rejects_unknown_settings(tmp_path, capsys):
+    """Every SceneProofConfig field is a flag; an unknown one or a value of the wrong type is argparse's usage error."""
     from safetynet.cli import main
+    from safetynet.exit_codes import EXIT_USAGE
 
-    assert main(["sceneproof", "train", "--out", str(tmp_path), "--set", "bogus=1"]) == 2
-    assert "bogus" in capsys.readouterr().err
-    assert main(["sceneproof", "train", "--out", str(tmp_path), "--set", "epochs=abc"]) == 2
-    assert "epochs" in capsys.readouterr().err
+    for args, needle in ((["--bogus", "1"], "--bogus"), (["--set", "epochs=2"], "--set"), (["--epochs", "abc"], "--epochs")):
+        with pytest.raises(SystemExit) as e:
+            main(["sceneproof", "train", "--out", str(tmp_path), *args])
+        assert e.value.code == EXIT_USAGE and needle in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing trained or written

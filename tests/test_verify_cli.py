@@ -24,9 +24,12 @@ from PIL import Image
 from conftest import require_data
 from safetynet.cli import main
 from safetynet.sceneproof.bundle import default_model_dir
+from safetynet.exit_codes import EXIT_USAGE
 from safetynet.sceneproof.verify import EXIT_BAD_INPUT, EXIT_CODES, EXIT_FAKE, EXIT_REAL, EXIT_REJECTED
 
 SHIPPED = default_model_dir()
+VERDICT_CODES = (EXIT_REAL, EXIT_FAKE, EXIT_REJECTED)
+assert len({*VERDICT_CODES, EXIT_USAGE, EXIT_BAD_INPUT}) == 5  # a typo or bad input never reads as a verdict
 
 
 def _write_pair(folder: Path, h: int = 120, w: int = 160, seed: int = 0) -> tuple[Path, Path]:
@@ -242,13 +245,9 @@ def test_cli_usage_error_exits_with_argparse_2(argv):
     assert "usage:" in r.stderr and "error:" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="today EXIT_REJECTED == 2 == argparse's usage-error code; the pending "
-                                       "exit-code change gives 'rejected (adversarial)' its own code. When it "
-                                       "lands this XPASSes: remove this marker.")
 def test_usage_error_exit_code_differs_from_rejected():
     r = subprocess.run([*_entry_point(), "sceneproof", "verfy", "a.png", "b.png"], check=False, capture_output=True,
                        text=True, timeout=120)
-    assert r.returncode == 2
-    # EXPECTED TO FAIL until the exit-code change lands: a script must tell "rejected as
-    # adversarial" from "you mistyped the command".
+    assert r.returncode == EXIT_USAGE == 2
+    # A script must tell "rejected as adversarial" from "you mistyped the command".
     assert r.returncode != EXIT_REJECTED

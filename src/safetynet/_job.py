@@ -1,4 +1,10 @@
-"""The start every job shares: thread count, seeds, output folder."""
+"""What every job shares: its output folder and phase timings.
+
+Job entry points neither set torch's thread count nor seed the global generators (``train``
+alone seeds torch, for its initial weights): the ``safetynet`` command does both once, before it
+calls a job (:func:`safetynet.cli.set_global_state`); a library caller seeds torch and numpy
+itself if a run must repeat bit for bit.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,9 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
 
-
-def start_job(threads: int, seed: int, out: str | Path) -> Path:
-    """Set torch's thread count, seed torch and numpy's global generators, create ``out``; returns it."""
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+def prepare_output(out: str | Path) -> Path:
+    """Create the output folder ``out`` (and its parents); returns it as a Path."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     return folder

@@ -30,7 +30,7 @@ from .data import ImageSet, load_dataset
 from .errors import CheckpointError, InputError
 from .models import build_model, save_checkpoint
 from .progress import progress
-from .train_config import TrainConfig
+from .train_config import AccuracyConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,20 @@ def evaluate_accuracy(model: nn.Module, data: ImageSet, batch_size: int = 500, l
     return correct / max(n, 1)
 
 
+def evaluate_checkpoint(cfg: AccuracyConfig) -> dict:
+    """``safetynet evaluate``: clean top-1 accuracy of ``cfg.model`` on the first ``cfg.n`` test images."""
+    from .models import resolve_model
+
+    cfg.validate()
+    model, source = resolve_model(cfg.model)
+    data = load_dataset(cfg.dataset, "test", cfg.data_dir)
+    t0 = time.time()
+    acc = evaluate_accuracy(model, data, limit=cfg.n)
+    n = len(data) if cfg.n is None else min(cfg.n, len(data))
+    return {"model": source, "dataset": cfg.dataset, "images": n, "accuracy": acc,
+            "seconds": round(time.time() - t0, 2), "seed": cfg.seed}
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for p in model.parameters():
@@ -80,7 +94,6 @@ def _model_config(cfg: TrainConfig, data: ImageSet) -> dict:
 def train(cfg: TrainConfig) -> dict:
     """Train per ``cfg``; returns the final metrics dict (also in ``out/log.jsonl`` and ``config.json``)."""
     cfg.validate()
-    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

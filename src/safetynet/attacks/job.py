@@ -27,13 +27,15 @@ import inspect
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from .._io import save_npz_atomic
+from ..cli_config import setting
 from .._validation import check_images
 from ..errors import InputError
 from . import ATTACKS, make_attack
@@ -49,23 +51,26 @@ from .criteria import (
 
 @dataclass
 class AttackConfig:
-    model: str  # checkpoint folder (model.safetensors + config.json)
-    attack: str  # one of safetynet.attacks.ATTACKS
-    out: str  # .npz file to write
-    eps: list[float] | None = None  # budgets; required except for deepfool (None: unbounded)
-    steps: int | None = None  # None: the attack's default
-    step_size: float | None = None
-    overshoot: float | None = None  # deepfool only
-    candidates: int | None = None  # deepfool only: most likely classes tried per step (default 10)
-    k: int | None = None  # attack the clean top-k instead of the label ("DeepFool-5": k=5)
-    targeted: bool = False  # random target != label per image (seeded)
-    n: int = 1000  # first n images of the split, unshuffled
-    dataset: str = "cifar10-sample"  # cifar10 | cifar10-sample | digits
-    data_dir: str | None = None
-    split: str = "test"
-    batch_size: int = 256
-    seed: int = 0  # random starts and random targets
-    extra: dict = field(default_factory=dict)  # further keyword hyperparameters of the attack
+    attack: str = setting(help="fgsm | bim | bim-l2 | pgd | pgd-l2 | deepfool (one of safetynet.attacks.ATTACKS)")
+    out: str = setting(help=".npz file to write (atomically)")
+    model: str = setting("cifar10-resnet20", "checkpoint folder (model.safetensors + config.json) or shipped name")
+    eps: list[float] | None = setting(None, "budget(s) in [0, 1] pixel units (L-inf) or L2 norm; required except for "
+                                            "deepfool (default: unbounded)")
+    steps: int | None = setting(None, "iterations (default: the attack's own)")
+    step_size: float | None = setting(None, "per-step size (default: the attack's own)")
+    overshoot: float | None = setting(None, "deepfool only: overshoot (default 0.02)")
+    candidates: int | None = setting(None, "deepfool only: most likely classes tried per step (default 10; 3 is ~2x "
+                                           "faster)")
+    k: int | None = setting(None, "push the label out of the clean top-k instead of the top-1 (DeepFool-5: --k 5)")
+    targeted: bool = setting(False, "attack towards a random (seeded) class != label per image")
+    n: int = setting(1000, "first N images of the split, unshuffled")
+    dataset: str = setting("cifar10-sample", "cifar10-sample | cifar10 | digits")
+    data_dir: str | None = setting(None, "CIFAR-10 folder (for --dataset cifar10)")
+    split: Literal["train", "test"] = setting("test", "split of the data set")
+    batch_size: int = setting(256, "images per attack batch")
+    seed: int = setting(0, "seeds random starts and random targets")
+    extra: dict = setting(help="further keyword hyperparameters of the attack as JSON, e.g. '{\"random_start\": false}'",
+                          factory=dict)
 
     def validate(self) -> None:
         if self.attack not in ATTACKS:

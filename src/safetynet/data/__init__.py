@@ -10,7 +10,10 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Literal
 
+from ..cli_config import setting
 from ..errors import InputError
 from .cifar10 import CLASSES, ImageSet, load_binary, load_cifar10, load_folder, load_python
 from .digits import load_digits
@@ -34,5 +37,22 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike[st
     raise InputError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
 
 
-__all__ = ["CLASSES", "DATASETS", "ImageSet", "load_binary", "load_cifar10", "load_dataset", "load_digits",
-           "load_folder", "load_python"]
+@dataclass
+class DataInfoConfig:
+    """``safetynet data info``."""
+
+    dataset: str = setting("cifar10-sample", "cifar10-sample | cifar10 | digits")
+    data_dir: str | None = setting(None, "CIFAR-10 folder (binary, python or image-folder form)")
+    split: Literal["train", "test"] = setting("test", "split to describe")
+
+
+def dataset_info(cfg: DataInfoConfig) -> dict:
+    """Image count, image shape and images per class of one split."""
+    ds = load_dataset(cfg.dataset, cfg.split, cfg.data_dir)
+    counts = ds.labels.bincount(minlength=len(ds.classes)).tolist()
+    return {"dataset": cfg.dataset, "split": cfg.split, "images": len(ds),
+            "image_shape": list(ds.images_u8.shape[1:]), "per_class": dict(zip(ds.classes, counts))}
+
+
+__all__ = ["CLASSES", "DATASETS", "DataInfoConfig", "ImageSet", "dataset_info", "load_binary", "load_cifar10",
+           "load_dataset", "load_digits", "load_folder", "load_python"]

@@ -25,7 +25,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
+from ..cli_config import setting
 from ..errors import DataError, InputError
 
 log = logging.getLogger(__name__)
@@ -147,3 +149,19 @@ def download_cifar10(to: str | os.PathLike[str], form: str = "bin", *, sha256: s
         raise
     log.info("CIFAR-10 (%s form) is in %s", form, target)
     return target
+
+
+@dataclass
+class DownloadConfig:
+    """``safetynet data download``."""
+
+    dataset: Literal["cifar10"] = setting(help="the data set to download", positional=True)
+    out: str = setting(help="folder to unpack into (gets cifar-10-batches-bin/ or -py/)")
+    form: Literal["bin", "py"] = setting("bin", "binary or python version of the archive")
+    sha256: str | None = setting(None, "also require this sha256 of the archive")
+
+
+def download(cfg: DownloadConfig) -> dict:
+    """Run ``cfg``; returns ``{"dataset", "form", "path"}``."""
+    path = download_cifar10(cfg.out, cfg.form, sha256=cfg.sha256)
+    return {"dataset": cfg.dataset, "form": cfg.form, "path": str(path)}

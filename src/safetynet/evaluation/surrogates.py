@@ -31,8 +31,8 @@ __all__ = ["SurrogatePool", "craft_adversarials", "finetune_with_adversarial_cla
 
 
 def train_surrogate(arch: str, seed: int, *, dataset: str, out: str | Path, epochs: int = 4, lr: float = 0.05,
-                    batch_size: int = 64, data_dir: str | None = None, augment: bool | None = None,
-                    threads: int = 1) -> tuple[nn.Module, dict[str, Any]]:
+                    batch_size: int = 64, data_dir: str | None = None, augment: bool | None = None
+                    ) -> tuple[nn.Module, dict[str, Any]]:
     """Train (or resume, or reuse a finished) classifier in ``out``; returns ``(model in eval mode, metrics)``.
 
     A thin wrapper over :func:`safetynet.train.train`; re-running with the same arguments after
@@ -44,8 +44,7 @@ def train_surrogate(arch: str, seed: int, *, dataset: str, out: str | Path, epoc
 
     out = Path(out)
     cfg = TrainConfig(dataset=dataset, data_dir=data_dir, arch=arch, epochs=epochs, lr=lr, batch_size=batch_size,
-                      augment=(dataset != "digits") if augment is None else augment, seed=seed, threads=threads,
-                      out=str(out))
+                      augment=(dataset != "digits") if augment is None else augment, seed=seed, out=str(out))
     metrics = train(cfg)
     model, meta = load_checkpoint(out)
     model.eval()

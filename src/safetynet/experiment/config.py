@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from ..cli_config import POOL_HELP, pool_size, setting
 from ..errors import InputError
 
 __all__ = ["DETECTORS", "DETECTOR_TITLES", "AttackSetting", "ExperimentConfig", "attack_grid"]
@@ -64,26 +65,35 @@ def attack_grid(name: str) -> tuple[AttackSetting, ...]:
 
 @dataclass
 class ExperimentConfig:
-    dataset: str = "cifar10-sample"  # cifar10-sample (embedded, offline) | cifar10 (needs data_dir) | digits (tests)
-    data_dir: str | None = None
-    model: str = "cifar10-resnet20"  # shipped model name or checkpoint folder
-    layer: str = "layer3.2.relu"  # the last residual stage ("x5" in the paper)
-    pool: int | None = None  # None: all 64x8x8 = 4096 units, as the paper taps the whole layer
+    dataset: str = setting("cifar10-sample", "cifar10-sample (embedded, offline) | cifar10 (needs --data-dir) | "
+                                             "digits (tests)")
+    data_dir: str | None = setting(None, "CIFAR-10 folder (binary, python or image-folder form)")
+    model: str = setting("cifar10-resnet20", "shipped model name or checkpoint folder")
+    layer: str = setting("layer3.2.relu", "layer to tap; the default is ResNet-20's last residual stage, the paper's x5")
+    # The paper taps the whole layer (64x8x8 = 4096 units for ResNet-20's last stage).
+    pool: int | None = setting(None, POOL_HELP + " (default: all units, as the paper taps the whole layer)")
     # The "svm-pooled" detector: quaternary codes of the tapped maps average-pooled to
     # pooled x pooled per channel. With a few thousand training examples the 4,096-unit codes are
     # data-starved; on a validation split of CIFAR-10 *training* images (ResNet-20, 1,400 natural +
     # 1,400 adversarial) global pooling raised AUC from 0.76 to 0.82 (BIM-L∞ 4/255) and from 0.60
     # to 0.73 (DeepFool-L2). Not in the paper: reported beside its full codes.
-    pooled: int = 1
-    n_train: int | None = None  # clean images attacked to train detectors (default: half the sample / 2000)
-    n_test: int | None = None  # clean images attacked to test them (default: the other half / 1000)
-    grid: str = "demo"  # demo | paper
-    metzen_epochs: int = 10
-    train_attack: str | None = None  # highlight in the report (the paper's Figure 2C trains on L∞); default BIM-L∞
-    batch_size: int = 250
-    seed: int = 0
-    threads: int = 2
-    out: str = "safetynet-demo"
+    pooled: int = setting(1, "the extra 'svm-pooled' detector quantizes each channel average-pooled to "
+                             "POOLEDxPOOLED (not in the paper; reported beside the full codes)")
+    n_train: int | None = setting(None, "clean images attacked to train the detectors (default: half the sample / 2000)")
+    n_test: int | None = setting(None, "clean images attacked to test them (default: the other half / 1000)")
+    grid: Literal["demo", "paper"] | None = setting(
+        None, "attack grid: demo (one setting per attack) or paper (several eps); default demo, paper for cifar10")
+    metzen_epochs: int = setting(10, "training epochs of the Metzen et al. subnetwork")
+    train_attack: str | None = setting(None, "attack highlighted in the report (the paper's Figure 2C trains on "
+                                             "L-inf; default BIM-L-inf)")
+    batch_size: int = setting(250, "images per forward pass")
+    seed: int = setting(0, "seeds the split and the detectors")
+    out: str = setting("safetynet-demo", "output folder for report.md, results.json and figures/")
+
+    def __post_init__(self) -> None:
+        if self.grid is None:
+            self.grid = "paper" if self.dataset == "cifar10" else "demo"
+        self.pool = pool_size(self.pool)
 
     def validate(self) -> None:
         for name in ("n_train", "n_test"):

@@ -23,7 +23,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from ..attacks.batched import attack_in_batches, predict
+from .._job import prepare_output
 from ..errors import InputError
 from .config import DETECTOR_TITLES, DETECTORS, AttackSetting, ExperimentConfig, attack_grid  # noqa: F401
 
@@ -123,8 +123,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
     cfg.validate()
     t_start = time.time()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(cfg.out)
     settings = attack_grid(cfg.grid)
     model, model_source, _ = resolve_classifier(cfg.model, cfg.dataset)
     model.eval()

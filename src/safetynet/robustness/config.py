@@ -4,51 +4,80 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..cli_config import POOL_HELP, pool_size, setting
 from ..errors import InputError
 from ..evaluation.engine import AttackSettings
-from ..evaluation.rows import ATTACK_ROWS, NORMS
+from ..evaluation.rows import ATTACK_ROWS, NORMS, TRANSFER_ROWS
 
-__all__ = ["DATASETS", "RobustnessConfig"]
+__all__ = ["DATASETS", "DEFAULT_MODELS", "RobustnessConfig"]
 
 DATASETS = ("digits", "cifar10", "cifar10-sample", "sceneproof")
 
 
+#: The classifier attacked when ``model`` is None: the shipped ResNet-20 for CIFAR-10 (full or sample);
+#: digits train a tiny SmallCNN for the run and sceneproof uses the shipped bundle.
+DEFAULT_MODELS = {"cifar10": "cifar10-resnet20", "cifar10-sample": "cifar10-resnet20"}
+
+
 @dataclass
 class RobustnessConfig:
-    model: str | None = None  # checkpoint folder or shipped name; None: digits trains a tiny SmallCNN, sceneproof the shipped bundle
-    dataset: str = "digits"  # digits | cifar10 | cifar10-sample | sceneproof
-    data_dir: str | None = None  # CIFAR-10 folder; sceneproof: the data root holding rgbd/ (default ../shared/data)
-    n: int = 100  # first n test images, unshuffled, are attacked
-    n_fit: int = 600  # training images (seeded subset) to fit the detectors on
-    norms: list[str] = field(default_factory=lambda: ["linf", "l2"])
-    eps_linf: list[float] | None = None  # None: digits 0.05/0.1/0.2, CIFAR-10 2/4/8 / 255, sceneproof 0.015/0.03/0.06
-    eps_l2: list[float] | None = None  # None: digits 0.5/1/2, CIFAR-10 0.25/0.5/1, sceneproof 0.5/1/2
-    attacks: list[str] = field(default_factory=lambda: list(ATTACK_ROWS))
-    sharpness: list[float] = field(default_factory=lambda: [1.0, 10.0, 100.0])  # lambda sweep (type2)
-    gamma_scale: list[float] = field(default_factory=lambda: [1.0, 0.1])  # RBF gamma multipliers (sigma sweep)
-    steps: int = 30  # iterations of the white-box attacks
-    fit_eps: float | None = None  # BIM-L∞ budget of the fit adversarials; None: the middle eps_linf
-    layers_a: list[str] | None = None  # Det A layer(s); None: see default_layers()
-    layers_ensemble: list[str] | None = None  # Det ensemble layers; None: the model's late ReLUs
-    pool: int | None = 4  # spatial average pooling of conv maps before quantizing (None: all units)
-    levels: int = 2  # 2 = binary codes, 4 = quaternary
-    metzen_epochs: int = 10
-    surrogate_models: list[str] | None = None  # checkpoints of transfer surrogates; None: train them
-    surrogate_archs: list[str] | None = None  # trained surrogates' architectures; None: the target's (another seed)
-    surrogate_epochs: int = 4
-    hsja_queries: int = 1000  # HopSkipJump query budget per image
-    hsja_steps: int = 40
-    extend_eps: int = 2  # type-II budgets are doubled up to this many times until success = 100 %
-    target_fpr: float = 0.05  # operating point of the TPR column
-    positive_class: int | None = None  # binary tasks: also report the paper's F->T / T->F
-    headline: dict[str, float] | None = None  # eps per norm for Table 4; None: the middle of each list
-    batch_size: int = 250
-    seed: int = 0
-    threads: int = 1
-    out: str = "runs/robustness"
+    model: str | None = setting(None, "classifier checkpoint folder or shipped name (default: the shipped cifar10-resnet20 "
+                                      "for cifar10 and cifar10-sample; digits trains a tiny SmallCNN for the run; "
+                                      "sceneproof: a bundle folder, default the shipped one)")
+    dataset: str = setting("cifar10-sample", "cifar10-sample (embedded, offline) | cifar10 | digits | sceneproof "
+                                             "(RGB-D patches, depth-only attacks)")
+    data_dir: str | None = setting(None, "CIFAR-10 folder (cifar10); sceneproof: the data root holding rgbd/ "
+                                         "(default $SAFETYNET_DATA or ../shared/data)")
+    n: int = setting(100, "the first N test images, unshuffled, are attacked")
+    n_fit: int = setting(600, "training images (seeded subset) to fit the detectors on")
+    norms: list[str] = setting(help="linf and/or l2", factory=lambda: ["linf", "l2"])
+    eps_linf: list[float] | None = setting(None, "L-inf budgets in [0, 1] pixel units (default digits 0.05 0.1 0.2, "
+                                                 "CIFAR-10 2/255 4/255 8/255, sceneproof 0.015 0.03 0.06)")
+    eps_l2: list[float] | None = setting(None, "L2 budgets (default digits 0.5 1 2, CIFAR-10 0.25 0.5 1, "
+                                               "sceneproof 0.5 1 2)")
+    attacks: list[str] | None = setting(None, "rows to run: " + " ".join(ATTACK_ROWS) + " (default: all; on "
+                                              "cifar10-sample, which has no training split to train a surrogate on, "
+                                              "the transfer rows only with --surrogate-model)")
+    sharpness: list[float] = setting(help="lambda sweep of the smoothed type-II attack", factory=lambda: [1.0, 10.0, 100.0])
+    gamma_scale: list[float] = setting(help="RBF gamma multipliers (the sigma sweep)", factory=lambda: [1.0, 0.1])
+    steps: int = setting(30, "iterations of the white-box attacks")
+    fit_eps: float | None = setting(None, "BIM-L-inf budget of the detector training adversarials "
+                                          "(default: the middle L-inf budget)")
+    layers_a: list[str] | None = setting(None, "Det A layer(s) (default: see robustness.run.default_layers)")
+    layers_ensemble: list[str] | None = setting(None, "Det ensemble layers (default: the model's late ReLUs)")
+    # Pooling 4x4 keeps the ensemble's codes (three late layers) small enough for 600 fit images;
+    # the committed robustness reports were measured with it. Its own flag name, because demo's
+    # --pool defaults to all units (the paper's whole layer).
+    pool: int | None = setting(4, POOL_HELP, flag="--detector-pool")
+    levels: int = setting(2, "2 = binary codes, 4 = quaternary", choices=(2, 4))
+    metzen_epochs: int = setting(10, "training epochs of the Metzen et al. subnetwork (Subnet Det)")
+    surrogate_models: list[str] | None = setting(None, "checkpoint folder(s) of transfer surrogates; each gets its own "
+                                                       "transfer rows (default: train one)", flag="--surrogate-model")
+    surrogate_archs: list[str] | None = setting(None, "architecture(s) of surrogates to train for the run (default: "
+                                                      "the target's, another seed)", flag="--surrogate-arch")
+    surrogate_epochs: int = setting(4, "training epochs of a surrogate trained for the run")
+    hsja_queries: int = setting(1000, "HopSkipJump query budget per image")
+    hsja_steps: int = setting(40, "HopSkipJump iterations")
+    extend_eps: int = setting(2, "type-II budgets are doubled up to this many times until success is 100 %")
+    target_fpr: float = setting(0.05, "operating point (false-positive rate) of the TPR table")
+    positive_class: int | None = setting(None, "binary tasks: also report the paper's F->T / T->F with this class as "
+                                               "'true' (sceneproof: real)")
+    headline: dict[str, float] | None = setting(None, "eps per norm for Table 4 as JSON, e.g. '{\"linf\": 0.0314}' "
+                                                      "(default: the middle of each list)")
+    batch_size: int = setting(250, "images per forward pass")
+    seed: int = setting(0, "seeds the fit subset, the attacks and the detectors")
+    out: str = setting("runs/robustness", "output folder for report.md, results.json and figures/")
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = DEFAULT_MODELS.get(self.dataset)
+        self.pool = pool_size(self.pool)
+        if self.attacks is None:
+            no_surrogate = self.dataset == "cifar10-sample" and self.surrogate_models is None
+            self.attacks = [a for a in ATTACK_ROWS if not (no_surrogate and a in TRANSFER_ROWS)]
 
     def eps(self, norm: str, defaults: Mapping[str, Sequence[float]]) -> list[float]:
         """The budgets of ``norm``: the configured list, else the task's ``defaults``."""
@@ -70,10 +99,8 @@ class RobustnessConfig:
     def validate(self) -> None:
         if self.dataset not in DATASETS:
             raise InputError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
-        if self.model is None and self.dataset not in ("digits", "sceneproof"):
-            raise InputError(f"give --model (a checkpoint folder) for {self.dataset}; only digits trains its own tiny model")
         for name in ("n", "n_fit", "steps", "metzen_epochs", "surrogate_epochs", "hsja_queries", "hsja_steps",
-                     "batch_size", "threads"):
+                     "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
@@ -84,6 +111,10 @@ class RobustnessConfig:
         bad = [a for a in self.attacks if a not in ATTACK_ROWS]
         if bad or not self.attacks:
             raise InputError(f"unknown attacks {bad}; choose from {', '.join(ATTACK_ROWS)}")
+        transfer = [a for a in self.attacks if a in TRANSFER_ROWS]
+        if transfer and self.dataset == "cifar10-sample" and self.surrogate_models is None:
+            raise InputError(f"the embedded CIFAR-10 sample has no training split for a surrogate; give --surrogate-model "
+                             f"or drop the transfer attacks ({' '.join(transfer)})")
         bad = [m for m in self.norms if m not in NORMS]
         if bad or not self.norms:
             raise InputError(f"norms must be a non-empty subset of {list(NORMS)}, got {self.norms}")

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._job import prepare_output
 from ..errors import InputError
 from ..attacks.batched import predict
 from ..evaluation.defence import Defence
@@ -119,8 +120,7 @@ def run_robustness(cfg: RobustnessConfig, *, task: Task | None = None) -> dict[s
 
     cfg.validate()
     t_start = time.time()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(cfg.out)
     timings: dict[str, float] = {}
     t0 = time.time()
     task = task if task is not None else _task(cfg, out)

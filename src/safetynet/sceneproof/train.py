@@ -29,12 +29,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from .._job import Laps
+from ..cli_config import setting
 from ..errors import InputError
 from .bundle import SceneProof
 from .fit import predict_proba, train_classifier
@@ -58,61 +59,59 @@ def default_data_dir() -> Path:
 
 @dataclass
 class SceneProofConfig:
-    out: str = "runs/sceneproof"  # bundle folder to write
-    data_dir: str | None = None  # folder holding rgbd/; None: $SAFETYNET_DATA or ../shared/data
-    real: bool = True  # use the real captures (False: simulator only, for tests and demos)
-    seed: int = 0
-    height: int = 120  # working resolution (frames are resized to it)
-    width_px: int = 160
-    patch: int = 64  # classifier input size
-    stride: int = 32  # grid stride for validation and verify
-    sim_frames: int = 400  # simulated training captures (2 views per room)
-    sim_val_frames: int = 80  # simulated validation captures (other rooms)
-    val_tail: float = 0.2  # share of each sequence (7-Scenes, box-scene) held out for validation, by time
-    guard: float = 0.1  # share of frames dropped between its training and validation parts
-    long_sequence: int = 40  # scenes with at least this many frames are split by time
-    real_patches: int = 6000  # training patches of the real class
-    fake_patches: int = 6000  # training patches of the fake class, shared by the four kinds
-    rounds: int = 2  # augmentation passes over the frames
-    # Share of training frames (both classes) given sensor-style missing depth. Off by default:
-    # holes=0.5 lowered validation patch accuracy from 74.5 % to 67.7 % (2026-11-26, seed 0).
-    holes: float = 0.0
-    # Register each real training rig's depth to its colour image (edge alignment, one
-    # similarity per scene, estimated on its training frames; see data.rgbd.registration).
+    out: str = setting("runs/sceneproof", "bundle folder to write")
+    data_dir: str | None = setting(None, "folder holding rgbd/ (default $SAFETYNET_DATA or ../shared/data)")
+    real: bool = setting(True, "train on the real captures (--no-real: simulator only, for tests and demos)")
+    seed: int = setting(0, "seeds frames, patches, weights and detectors")
+    height: int = setting(120, "working resolution: frames are resized to HEIGHT x WIDTH_PX")
+    width_px: int = setting(160, "working resolution: width in pixels")
+    patch: int = setting(64, "classifier input size (pixels)")
+    stride: int = setting(32, "grid stride for validation and verify")
+    sim_frames: int = setting(400, "simulated training captures (2 views per room)")
+    sim_val_frames: int = setting(80, "simulated validation captures (other rooms)")
+    val_tail: float = setting(0.2, "share of each sequence (7-Scenes, box-scene) held out for validation, by time")
+    guard: float = setting(0.1, "share of frames dropped between a sequence's training and validation parts")
+    long_sequence: int = setting(40, "scenes with at least this many frames are split by time")
+    real_patches: int = setting(6000, "training patches of the real class")
+    fake_patches: int = setting(6000, "training patches of the fake class, shared by the four kinds")
+    rounds: int = setting(2, "augmentation passes over the frames")
+    # Off by default: holes=0.5 lowered validation patch accuracy from 74.5 % to 67.7 % (2026-11-26, seed 0).
+    holes: float = setting(0.0, "share of training frames (both classes) given sensor-style missing depth")
     # 7-Scenes ships unregistered depth (scale 0.90, 2 px off at 160x120); unregistered
     # "real" pairs taught the classifier that aligned edges look fake.
-    register: bool = True
+    register: bool = setting(True, "register each real training rig's depth to its colour image (edge alignment, one "
+                                   "similarity per scene, estimated on its training frames)")
     # Camera variation (see training_patches), off by default: zoom=0.25 with rounds=3 left the
     # unseen validation scenes (open3d/NYU/TUM) at mean P(real) 0.20 vs 0.22 without it, and
     # their fakes at 0.22 (2026-11-26, seed 0): the classifier does not tell them apart either way.
-    zoom: float = 0.0  # wider-FOV camera: the last round's frames shrink by this share
-    depth_jitter: float = 0.0  # per-frame depth factor in [1/(1+j), 1+j], both classes
-    register_min_frames: int = 20
-    register_min_gain: float = 0.1
-    regressor_epochs: int = 6  # depth regressor for the predicted_depth fake
-    width: int = 16  # classifier channels of the first block
-    hidden: int = 128  # fc6 / fc7 units
-    epochs: int = 6
-    batch_size: int = 64
-    lr: float = 2e-3  # peak of the one-cycle schedule
-    optimizer: str = "adamw"  # or "sgd" (Nesterov momentum 0.9)
-    det_natural: int = 1500  # natural training patches for the detectors
-    det_attacked: int = 1500  # training patches attacked for the detectors (successes are kept)
-    attack_eps: float = 0.03  # L-inf budget on the encoded depth channel
-    attack_steps: int = 10
-    levels: int = 4  # code levels (4 = quaternary)
-    svm_cv_samples: int = 1500  # codes used to select gamma and C
-    target_fpr: float = 0.05  # per-detector false rejections on natural validation patches
-    metzen_epochs: int = 10
-    surrogate_width: int = 8  # 0 disables the surrogate
-    surrogate_epochs: int = 3
-    reject_fraction: float = 0.5  # verify: rejected when more than this share of patches is rejected
-    min_valid_fraction: float = 0.02  # verify: patches with fewer valid depth pixels count as P(real) = 0
-    threads: int = 1
+    zoom: float = setting(0.0, "wider-FOV camera: the last round's frames shrink by this share")
+    depth_jitter: float = setting(0.0, "per-frame depth factor in [1/(1+j), 1+j], both classes")
+    register_min_frames: int = setting(20, "registration: fewest training frames of a rig to estimate it from")
+    register_min_gain: float = setting(0.1, "registration: smallest edge-alignment gain that is applied")
+    regressor_epochs: int = setting(6, "training epochs of the depth regressor (the predicted_depth fake)")
+    width: int = setting(16, "classifier channels of the first block")
+    hidden: int = setting(128, "fc6 / fc7 units")
+    epochs: int = setting(6, "classifier training epochs")
+    batch_size: int = setting(64, "classifier training batch size")
+    lr: float = setting(2e-3, "peak of the one-cycle schedule")
+    optimizer: Literal["adamw", "sgd"] = setting("adamw", "adamw, or sgd (Nesterov momentum 0.9)")
+    det_natural: int = setting(1500, "natural training patches for the detectors")
+    det_attacked: int = setting(1500, "training patches attacked for the detectors (successes are kept)")
+    attack_eps: float = setting(0.03, "L-inf budget on the encoded depth channel")
+    attack_steps: int = setting(10, "BIM iterations of the detectors' training adversarials")
+    levels: int = setting(4, "code levels (2 = binary, 4 = quaternary)", choices=(2, 4))
+    svm_cv_samples: int = setting(1500, "codes used to select the SVM's gamma and C")
+    target_fpr: float = setting(0.05, "per-detector false rejections on natural validation patches")
+    metzen_epochs: int = setting(10, "training epochs of the Metzen et al. subnetwork on fc7 (the baseline)")
+    surrogate_width: int = setting(8, "channels of the transfer surrogate's first block; 0 disables the surrogate")
+    surrogate_epochs: int = setting(3, "training epochs of the surrogate")
+    reject_fraction: float = setting(0.5, "verify: a pair is rejected when more than this share of its patches is "
+                                          "rejected")
+    min_valid_fraction: float = setting(0.02, "verify: patches with fewer valid depth pixels count as P(real) = 0")
 
     def check(self) -> None:
         for name in ("height", "width_px", "patch", "stride", "long_sequence", "real_patches", "fake_patches", "rounds", "width",
-                     "hidden", "epochs", "batch_size", "det_natural", "det_attacked", "attack_steps", "threads"):
+                     "hidden", "epochs", "batch_size", "det_natural", "det_attacked", "attack_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
@@ -249,7 +248,6 @@ def train_sceneproof(cfg: SceneProofConfig) -> dict[str, Any]:
     from .verify import calibrate_real_threshold, frame_evidence
 
     cfg.check()
-    torch.set_num_threads(cfg.threads)
     t_start = time.time()
     lap = Laps(log)
     times = lap.times

@@ -21,7 +21,8 @@ A patch with less than ``min_valid_fraction`` (default 2 %) of valid depth pixel
 depth evidence, and SceneProof certifies "real" only with depth evidence: its P(real) counts as
 0 (its classifier output is still reported). A pair without depth therefore comes out fake.
 
-Exit codes of the CLI: 0 real, 1 fake, 2 rejected, 3 bad input.
+Exit codes of the CLI (:mod:`safetynet.exit_codes`): 0 real, 1 fake, 4 rejected as adversarial,
+3 bad input (2 stays argparse's usage error, so a typo is never mistaken for an attack).
 """
 
 from __future__ import annotations
@@ -34,17 +35,29 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..cli_config import setting
 from ..errors import InputError
+from ..exit_codes import EXIT_BAD_INPUT, EXIT_FAKE, EXIT_REAL, EXIT_REJECTED
 from .bundle import SceneProof
 from .frames import FrameSet
 from .labels import DETECTOR_LAYERS
-from .patches import to_network_input
 from .sampling import grid_patches
+from .patches import to_network_input
 
 REAL_VERDICT, FAKE_VERDICT, REJECTED_VERDICT = "real", "fake", "rejected (adversarial)"
-EXIT_CODES = {REAL_VERDICT: 0, FAKE_VERDICT: 1, REJECTED_VERDICT: 2}
-EXIT_BAD_INPUT = 3
-EXIT_REAL, EXIT_FAKE, EXIT_REJECTED = (EXIT_CODES[v] for v in (REAL_VERDICT, FAKE_VERDICT, REJECTED_VERDICT))
+EXIT_CODES = {REAL_VERDICT: EXIT_REAL, FAKE_VERDICT: EXIT_FAKE, REJECTED_VERDICT: EXIT_REJECTED}
+
+
+@dataclass
+class VerifyConfig:
+    """``safetynet sceneproof verify IMAGE DEPTH``."""
+
+    image: str = setting(help="colour image (PNG/JPG)", positional=True)
+    depth: str = setting(help="depth map: 16-bit PNG/PGM, .npy (metres), Middlebury .pfm or Sintel .dpt", positional=True)
+    model: str | None = setting(None, "SceneProof bundle folder (default: the shipped one)")
+    depth_scale: float | None = setting(None, "stored depth units per metre (default 1000 = millimetres for PNG/PGM, "
+                                              "1 for .npy/.dpt; not used for .pfm)")
+    depth_format: str | None = setting(None, "override the depth format (png, pgm, npy, pfm, dpt, sun, nyu-raw)")
 
 
 @dataclass
@@ -221,7 +234,6 @@ def calibrate_real_threshold(real_scores: Sequence[float], fake_scores: Sequence
     return best_t, best_acc
 
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_CODES", "EXIT_FAKE", "EXIT_REAL", "EXIT_REJECTED", "FAKE_VERDICT", "REAL_VERDICT",
-           "REJECTED_VERDICT", "Verdict",
+__all__ = ["EXIT_BAD_INPUT", "EXIT_CODES", "EXIT_FAKE", "EXIT_REAL", "EXIT_REJECTED", "FAKE_VERDICT", "REAL_VERDICT", "REJECTED_VERDICT", "Verdict", "VerifyConfig",
            "calibrate_real_threshold", "crop_to_aspect", "decide", "frame_evidence", "prepare_frames", "verify",
            "verify_frames"]
