@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from torch import nn
+
 from ..cli_config import POOL_HELP, pool_size, setting
 from ..errors import InputError
 
@@ -68,7 +70,7 @@ class ExperimentConfig:
     dataset: str = setting("cifar10-sample", "cifar10-sample (embedded, offline) | cifar10 (needs --data-dir) | "
                                              "digits (tests)")
     data_dir: str | None = setting(None, "CIFAR-10 folder (binary, python or image-folder form)")
-    model: str = setting("cifar10-resnet20", "shipped model name or checkpoint folder")
+    model: str | nn.Module = setting("cifar10-resnet20", "shipped model name or checkpoint folder (from Python also an nn.Module)")
     layer: str = setting("layer3.2.relu", "layer to tap; the default is ResNet-20's last residual stage, the paper's x5")
     # The paper taps the whole layer (64x8x8 = 4096 units for ResNet-20's last stage).
     pool: int | None = setting(None, POOL_HELP + " (default: all units, as the paper taps the whole layer)")

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from ..cli_config import POOL_HELP, pool_size, setting
 from ..errors import InputError
 from ..evaluation.engine import AttackSettings
@@ -24,7 +26,7 @@ DEFAULT_MODELS = {"cifar10": "cifar10-resnet20", "cifar10-sample": "cifar10-resn
 
 @dataclass
 class RobustnessConfig:
-    model: str | None = setting(None, "classifier checkpoint folder or shipped name (default: the shipped cifar10-resnet20 "
+    model: str | nn.Module | None = setting(None, "classifier (an nn.Module from Python), checkpoint folder or shipped name (default: the shipped cifar10-resnet20 "
                                       "for cifar10 and cifar10-sample; digits trains a tiny SmallCNN for the run; "
                                       "sceneproof: a bundle folder, default the shipped one)")
     dataset: str = setting("cifar10-sample", "cifar10-sample (embedded, offline) | cifar10 | digits | sceneproof "
