@@ -300,6 +300,10 @@ def test_evaluate_tables_agree_with_the_engine_and_direct_computation(tiny_bundl
     assert res["attacked_subset"]["rgb_channels_bit_identical"] is True
     kinds = [r["Test example type"] for r in res["table3"]]
     assert kinds[:4] == ["zero D channel", "down-up sampled", "low quality JPEG", "rendered (simulator)"]
+    assert [r["Method"] for r in res["table4"]] == [
+        "Non Attack Data", "Gradient Descent (I)", "Surrogate FastSign TF (I)", "Surrogate GradDesc TF (I)",
+        "Type I Average", "Gradient Descent (II)", "Surrogate Finetune TF (II)", "Surrogate Subnet Det TF (II)",
+        "Type II Average"]  # the paper's layout
     # The robustness job on the same patches, budget and attack settings gives the same cells.
     bundle = SceneProof.load(out)
     eps = res["eps"]

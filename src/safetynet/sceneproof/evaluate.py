@@ -164,14 +164,13 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
     t = lap("table3", t)
 
     # ---- Table 4 (every cell from the engine's records; the non-attack row over all validation patches)
-    rows4: list[dict[str, Any]] = [{"Method": "Non Attack Data", **defence_rates(y_nat, a_nat)}]
-    for key in keys:
-        if key in by_row:
-            rows4.append({"Method": TABLE4_METHODS.get(key, method[key]), **by_row[key]})
-    type1_rows = [r for r in rows4 if r["Method"].endswith("(I)")]
-    type2_rows = [r for r in rows4 if r["Method"].endswith("(II)")]
-    rows4.insert(len(type1_rows) + 1, average4("Type I Average", type1_rows))
-    rows4.append(average4("Type II Average", type2_rows))
+    # The paper's order: type-I rows and their average, then type-II rows and theirs.
+    attack_rows = [{"Method": TABLE4_METHODS.get(r.key, r.label), **by_row[r.key]} for r in rows if r.key in by_row]
+    type1_rows = [r for r in attack_rows if r["Method"].endswith("(I)")]
+    type2_rows = [r for r in attack_rows if r["Method"].endswith("(II)")]
+    rows4: list[dict[str, Any]] = [{"Method": "Non Attack Data", **defence_rates(y_nat, a_nat)}, *type1_rows,
+                                   average4("Type I Average", type1_rows), *type2_rows,
+                                   average4("Type II Average", type2_rows)]
     results["table4"] = rows4
     results["attacked_subset"] = {"n": len(y_att), "real": int((ya == REAL).sum()), "fake": int((ya == FAKE).sum()),
                                   "clean": {d: c for d, c in defence_rates(ya, a_clean).items()},
