@@ -84,7 +84,26 @@ def _check_type2_example(ns: dict, calls: list[dict], printed: str) -> None:
     assert len(rates) == 3 and all(abs(r - e) <= 0.005 + 1e-9 for r, e in zip(rates, expected)), (printed, expected)
 
 
-CHECKS = {"TopKMisclassification(y, k=5)": _check_api_example, "SmoothedTypeII(net": _check_type2_example}
+def _check_defence_example(ns: dict, calls: list[dict], printed: str) -> None:
+    """Block "A defended classifier with an operating point": the threshold is the (k+1)-th largest natural
+    score (k = floor(0.05 n), computed here with numpy), and success = misclassified and score <= threshold."""
+    import numpy as np
+    import torch
+
+    model, net, det, x, y = ns["model"], ns["net"], ns["det"], ns["x"], ns["y"]
+    natural = np.sort(net.decision_function(ns["x_fit"][200:]))[::-1]
+    assert det.threshold == natural[int(np.floor(0.05 * len(natural)))]
+    assert np.mean(net.decision_function(ns["x_fit"][200:]) > det.threshold) <= 0.05
+    c = [c for c in calls if c["x"] is x][-1]
+    adv = c["result"].clipped
+    want = (_logits(model, adv).argmax(1) != y) & torch.as_tensor(net.decision_function(adv) <= det.threshold)
+    assert torch.equal(ns["success"], want)
+    clean_rejected = np.mean(net.decision_function(x) > det.threshold)
+    assert f"clean rejected {clean_rejected:.0%}" in printed and f"{ns['success'].float().mean():.0%}" in printed
+
+
+CHECKS = {"TopKMisclassification(y, k=5)": _check_api_example, "SmoothedTypeII(net": _check_type2_example,
+          "Defence(": _check_defence_example}
 
 
 @pytest.mark.parametrize("index", range(len(_python_blocks())))

@@ -1,5 +1,8 @@
-"""Evaluation: detection metrics, the paper's rejection rates, figures and reports.
+"""The evaluation engine: tasks, defences, the attack rows, reliability flags, figures and reports.
 
+``Task`` (a classifier with natural fit/test images and a threat model), ``Defence`` (classifier +
+detector with a calibrated operating point), ``AttackBench`` (every Table-4 row against every
+defence). The metrics themselves live in :mod:`safetynet.metrics` and are re-exported here.
 Plots import matplotlib lazily (``safetynet.evaluation.plots``), so ``import
 safetynet.evaluation`` stays light.
 """
@@ -17,9 +20,19 @@ from ..metrics import (
     threshold_at_fpr,
     tpr_at_fpr,
 )
+from .defence import CalibratedDetector, Defence, Verdicts
+from .engine import AttackBench, AttackSettings
+from .task import Task, image_task
 from .report import MarkdownReport, environment_info, image_link, markdown_table, read_results_json, to_jsonable, write_results_json
 
 __all__ = [
+    "AttackBench",
+    "AttackSettings",
+    "CalibratedDetector",
+    "Defence",
+    "Task",
+    "Verdicts",
+    "image_task",
     "CrossAttackMatrix",
     "DetectionMetrics",
     "MarkdownReport",
