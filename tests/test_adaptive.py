@@ -113,6 +113,29 @@ def test_bpda_beats_type1_and_handles_an_ensemble(digits):
         BPDA(digits["net"], backward="zero")
 
 
+def test_bpda_and_opgd_on_a_calibrated_safetynet_aim_at_its_threshold(digits):
+    """A Defence calibrated at threshold t: BPDA/OPGD go straight through the same quantizer, shifted by t.
+
+    At t = 0 the calibrated detector is the bare SafetyNet, so the attacks must be identical image for
+    image; at another t, success is judged by score <= t (re-checked by hand).
+    """
+    from safetynet.attacks.adaptive import OrthogonalPGD
+    from safetynet.evaluation.defence import CalibratedDetector, Defence
+
+    net, xt, yt = digits["ens"], digits["xt"], digits["yt"]
+    goal = Misclassification(yt) & Undetected(net)
+    for attack in (BPDA, OrthogonalPGD):
+        _, bare, ok_bare = attack(net, steps=10)(net.model, xt, goal, eps=0.2)
+        shifted = CalibratedDetector(net, 0.0)
+        _, same, ok_same = attack(shifted, steps=10)(net.model, xt, Misclassification(yt) & Undetected(shifted), eps=0.2)
+        assert torch.equal(same, bare) and torch.equal(ok_same, ok_bare), attack.__name__
+    d = Defence("det_ens", net.model, net).calibrate(digits["x"][:200], fpr=0.05)
+    assert d.threshold != 0.0
+    _, adv, ok = BPDA(d.target, steps=10)(net.model, xt, d.criterion(yt), eps=0.2)
+    by_threshold = lambda x: net.decision_function(x) > d.threshold  # noqa: E731
+    torch.testing.assert_close(ok, by_hand(net.model, by_threshold, adv, yt))
+
+
 # -- orthogonal PGD ------------------------------------------------------------------------------------
 def test_orthogonalize():
     g = torch.randn(5, 1, 4, 4)

@@ -205,7 +205,7 @@ def test_image_channels_unchanged_detects_a_one_ulp_change():
 def test_type2_on_bundle_detectors_keeps_rgb_and_is_judged_by_them(tiny_bundle):
     """The engine's type-II attack (SmoothedTypeII with the depth mask) on each calibrated bundle detector."""
     from safetynet.attacks import BIM
-    from safetynet.attacks.adaptive import SmoothedTypeII, TransferAttack
+    from safetynet.attacks.adaptive import BPDA, SmoothedTypeII, TransferAttack
     from safetynet.sceneproof.task import bundle_defences
 
     out, _ = tiny_bundle
@@ -214,9 +214,11 @@ def test_type2_on_bundle_detectors_keeps_rgb_and_is_judged_by_them(tiny_bundle):
     x = torch.rand(6, 4, bundle.patch, bundle.patch)
     y = torch.tensor([0, 1, 0, 1, 0, 1])
     defences = bundle_defences(bundle)
-    for key, letters in (("det_a", "A"), ("det_ens", "ABC"), ("subnet", "M")):
+    attacks = [(SmoothedTypeII, k, letters) for k, letters in (("det_a", "A"), ("det_ens", "ABC"), ("subnet", "M"))]
+    attacks += [(BPDA, k, letters) for k, letters in (("det_a", "A"), ("det_ens", "ABC"))]  # straight through fc7/fc6/pool5
+    for attack, key, letters in attacks:
         d = defences[key]
-        _, adv, ok = SmoothedTypeII(d.target, steps=3, mask=depth_mask())(bundle.model, x, d.criterion(y), eps=0.05)
+        _, adv, ok = attack(d.target, steps=3, mask=depth_mask())(bundle.model, x, d.criterion(y), eps=0.05)
         assert image_channels_unchanged(x, adv), letters
         assert (adv[:, 3] - x[:, 3]).abs().max() <= 0.05 + 1e-6
         # success is judged by the real detectors at their calibrated thresholds

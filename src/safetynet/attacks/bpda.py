@@ -34,6 +34,7 @@ from .._validation import check_positive
 from ..errors import InputError
 from .detector_scores import SafetyNetScore, as_detector_score
 from .joint_pgd import JointPGD, _check_choice
+from .shifted_score import ShiftedScore
 
 __all__ = ["BACKWARDS", "BPDA", "BPDAScore", "quantize"]
 
@@ -135,6 +136,19 @@ class BPDA(JointPGD):
         self.backward = _check_choice(backward, "backward", BACKWARDS)
         self.sharpness = check_positive(sharpness, "sharpness")
         self.gamma_scale = check_positive(gamma_scale, "gamma_scale")
+        view = safetynet_view(detector)
         score = (BPDAScore(detector, backward, sharpness, gamma_scale) if isinstance(detector, SafetyNet)
+                 else ShiftedScore(BPDAScore(view[0], backward, sharpness, gamma_scale), view[1]) if view is not None
                  else as_detector_score(detector))
         super().__init__(score, detector_loss=detector_loss, detector_kappa=detector_kappa, combine=combine, **kwargs)
+
+
+def safetynet_view(detector: Any) -> tuple[Any, list[float]] | None:
+    """``(SafetyNet, per-layer thresholds)`` of a detector that is a SafetyNet at a shifted operating point, else None.
+
+    A calibrated SafetyNet (``Defence.calibrate``) or a SceneProof bundle's detectors say so with a
+    ``safetynet_view()`` method; BPDA and orthogonal PGD then straight-through the real quantizer
+    of that SafetyNet and shift its scores by the thresholds, as the deployed detector does.
+    """
+    view = getattr(detector, "safetynet_view", None)
+    return view() if callable(view) else None

@@ -34,9 +34,10 @@ import torch
 from torch import nn
 
 from .._validation import check_positive
-from .bpda import BPDAScore
+from .bpda import BPDAScore, safetynet_view
 from .detector_scores import as_detector_score
 from .joint_pgd import JointPGD, _check_choice
+from .shifted_score import ShiftedScore
 
 __all__ = ["OrthogonalPGD", "orthogonalize"]
 
@@ -87,8 +88,11 @@ class OrthogonalPGD(JointPGD):
         if gamma_scale is None:
             gamma_scale = 1.0 if surrogate == "bpda" else 0.1
         self.gamma_scale = check_positive(gamma_scale, "gamma_scale")
+        view = safetynet_view(detector)
         if isinstance(detector, SafetyNet) and surrogate == "bpda":
             score = BPDAScore(detector, backward, sharpness, gamma_scale)
+        elif view is not None and surrogate == "bpda":  # a SafetyNet at a shifted operating point
+            score = ShiftedScore(BPDAScore(view[0], backward, sharpness, gamma_scale), view[1])
         else:
             score = as_detector_score(detector, sharpness, gamma_scale)
         super().__init__(score, detector_loss=detector_loss, detector_kappa=detector_kappa, combine=combine, **kwargs)

@@ -80,6 +80,14 @@ class CalibratedDetector:
         """Whether the inner detector has a smoothing knob (lambda, sigma) for the paper's attack."""
         return smoothable(self.detector)
 
+    def safetynet_view(self) -> tuple[Any, list[float]] | None:
+        """``(SafetyNet, per-layer thresholds)`` when the inner detector is a SafetyNet (BPDA's straight-through path)."""
+        from ..safetynet import SafetyNet
+
+        if not isinstance(self.detector, SafetyNet):
+            return None
+        return self.detector, [self.threshold] * len(self.detector.layers)
+
     def detector_score(self, sharpness: float, gamma_scale: float) -> Any:
         from ..attacks.shifted_score import ShiftedScore
         from ..attacks.detector_scores import as_detector_score

@@ -121,6 +121,7 @@ class AttackBench:
     def _white(self, row: AttackRow, d: Defence, norm: str) -> Any:
         """The white-box attack of ``row`` against defence ``d`` (None: not applicable)."""
         from ..attacks.adaptive import BPDA, CodeMatching, JointPGD, OrthogonalPGD, SmoothedTypeII
+        from ..attacks.bpda import safetynet_view
         from ..safetynet import SafetyNet
 
         s, kw, target = self.settings, self._kw(norm), d.target
@@ -129,14 +130,16 @@ class AttackBench:
             return None if row.key == "code-matching" else JointPGD(None, **kw)
         if row.key == "type2":
             return SmoothedTypeII(target, sharpness=s.sharpness[0], gamma_scale=s.gamma_scale[0], **kw)
-        # BPDA and orthogonal PGD straight-through the quantizer of a bare SafetyNet; on any other
-        # detector they use its differentiable surrogate. Code matching needs SafetyNet codes.
+        # BPDA and orthogonal PGD straight-through the quantizer of a SafetyNet (bare, or at a calibrated
+        # threshold through its safetynet_view); on any other detector they use its differentiable surrogate.
         if row.key == "bpda":
             return BPDA(target, **kw)
         if row.key == "opgd":
             return OrthogonalPGD(target, **kw)
-        if row.key == "code-matching":
-            return CodeMatching(target, self.x_nat, self.y_nat, **kw) if isinstance(target, SafetyNet) else None
+        if row.key == "code-matching":  # matches the codes of a SafetyNet (a calibrated one: its view)
+            view = target if isinstance(target, SafetyNet) else safetynet_view(target)
+            net = view if view is None or isinstance(view, SafetyNet) else view[0]
+            return None if net is None else CodeMatching(net, self.x_nat, self.y_nat, **kw)
         raise InputError(f"no white-box builder for {row.key}")
 
     def _shared(self, row: AttackRow, norm: str, eps: float) -> Any:

@@ -210,6 +210,7 @@ def check_softmax_output(model: nn.Module, x: torch.Tensor, *, name: str = "soft
 def compute_flags(bench: Any, records: Sequence[dict[str, Any]]) -> list[Flag]:
     """Every reliability check of this module on one run of an :class:`~safetynet.evaluation.engine.AttackBench`."""
     from ..attacks.adaptive import BPDAScore
+    from ..attacks.bpda import safetynet_view
     from ..attacks.detector_scores import as_detector_score
     from ..attacks.joint_pgd import classifier_loss
     from ..safetynet import SafetyNet
@@ -239,9 +240,11 @@ def compute_flags(bench: Any, records: Sequence[dict[str, Any]]) -> list[Flag]:
         if target is None:
             continue
         checks = []
-        if isinstance(target, SafetyNet):  # the hard path and BPDA's surrogate exist for SafetyNet codes only
-            checks += [("zero_gradients_real_path", safetynet_real_score(target)),
-                       ("zero_gradients_bpda_surrogate", combined(BPDAScore(target, "identity")))]
+        # The hard path and BPDA's surrogate exist for SafetyNet codes (a calibrated one: its view) only.
+        view = target if isinstance(target, SafetyNet) else (safetynet_view(target) or (None,))[0]
+        if view is not None:
+            checks += [("zero_gradients_real_path", safetynet_real_score(view)),
+                       ("zero_gradients_bpda_surrogate", combined(BPDAScore(view, "identity")))]
         # The surrogate the paper's attack differentiates (for a Metzen subnetwork: the network itself).
         checks.append(("zero_gradients_smooth_surrogate" if smoothable(target) else f"zero_gradients_{dkey}",
                        combined(as_detector_score(target, lam, gs))))

@@ -50,6 +50,13 @@ class BundleDetector(ThresholdedDetector):
     def smoothable(self) -> bool:
         return self.letters != "M"
 
+    def safetynet_view(self) -> tuple[Any, list[float]] | None:
+        """The SafetyNet on these detectors' layers and their calibrated thresholds (None for the Metzen "M")."""
+        if self.letters == "M":
+            return None
+        layers = [DETECTOR_LAYERS[ch] for ch in self.letters]
+        return self.bundle.net.restricted(layers), [self.bundle.thresholds[ch] for ch in self.letters]
+
     def detector_score(self, sharpness: float, gamma_scale: float) -> Any:
         from ..attacks.shifted_score import ShiftedScore
         from ..attacks.detector_scores import MetzenScore, SmoothScore
