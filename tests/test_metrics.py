@@ -10,15 +10,14 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
+from safetynet.cross_attack import cross_attack_matrix, score_cross_attack
 from safetynet.errors import InputError
 from safetynet.metrics import (
     adversary_success_rate,
-    cross_attack_matrix,
     detection_metrics,
     roc_auc,
     roc_curve,
     safetynet_rates,
-    score_cross_attack,
     threshold_at_fpr,
     tpr_at_fpr,
 )

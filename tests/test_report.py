@@ -11,7 +11,8 @@ import torch
 
 from safetynet.errors import InputError
 from safetynet.evaluation import plots
-from safetynet.metrics import cross_attack_matrix, detection_metrics
+from safetynet.cross_attack import cross_attack_matrix
+from safetynet.metrics import detection_metrics
 from safetynet.evaluation.report import (
     MarkdownReport,
     environment_info,

@@ -7,16 +7,14 @@ Plots import matplotlib lazily (``safetynet.evaluation.plots``), so ``import
 safetynet.evaluation`` stays light.
 """
 
+from ..cross_attack import CrossAttackMatrix, cross_attack_matrix, score_cross_attack
 from ..metrics import (
-    CrossAttackMatrix,
     DetectionMetrics,
     adversary_success_rate,
-    cross_attack_matrix,
     detection_metrics,
     roc_auc,
     roc_curve,
     safetynet_rates,
-    score_cross_attack,
     threshold_at_fpr,
     tpr_at_fpr,
 )

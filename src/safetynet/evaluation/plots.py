@@ -21,7 +21,8 @@ import numpy as np
 
 from .._io import atomic_path
 from ..errors import InputError
-from ..metrics import CrossAttackMatrix, roc_auc, roc_curve
+from ..cross_attack import CrossAttackMatrix
+from ..metrics import roc_auc, roc_curve
 
 __all__ = ["plot_success_vs_accuracy", "plot_roc_curves", "plot_cross_attack_heatmap", "plot_success_vs_eps",
            "new_figure", "save_figure"]

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..metrics import CrossAttackMatrix
+from ..cross_attack import CrossAttackMatrix
 from ..evaluation.plots import plot_cross_attack_heatmap, plot_roc_curves, plot_success_vs_accuracy
 from ..metrics import RATE_LABELS
 from ..evaluation.report import MarkdownReport, environment_info, reproduce_paragraph, write_results_json

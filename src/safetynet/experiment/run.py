@@ -254,7 +254,8 @@ def _score_all(score_fn, nat_te, miss_te, adv_by_key, all_by_key, settings) -> d
 
 
 def _summarise(cfg, settings, usable, outcomes, scores, conf, conf_scores, fitted_params, clean) -> dict[str, Any]:
-    from ..metrics import cross_attack_matrix, detection_metrics, safetynet_rates
+    from ..cross_attack import cross_attack_matrix
+    from ..metrics import detection_metrics, safetynet_rates
     from ..evaluation.report import config_record
 
     attacks = []
