@@ -20,7 +20,6 @@ The run is deterministic for a given config and thread count (seeded attacks and
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -178,8 +177,3 @@ def run_robustness(cfg: RobustnessConfig, *, task: Task | None = None) -> dict[s
     log.info("robustness report written to %s in %.0f s", out / "report.md", results["seconds"])
     return results
 
-
-def config_from_dict(values: dict[str, Any]) -> RobustnessConfig:
-    """A config from plain values (e.g. parsed CLI arguments); unknown keys are ignored."""
-    names = {f.name for f in dataclasses.fields(RobustnessConfig)}
-    return RobustnessConfig(**{k: v for k, v in values.items() if k in names and v is not None})
