@@ -50,6 +50,12 @@ class BundleDetector(ThresholdedDetector):
     def smoothable(self) -> bool:
         return self.letters != "M"
 
+    def __repr__(self) -> str:
+        st = self.bundle.settings
+        th = {"M": st.get("metzen_threshold")} if self.letters == "M" else {ch: self.bundle.thresholds[ch]
+                                                                            for ch in self.letters}
+        return f"BundleDetector({self.letters!r}, calibrated thresholds {th})"
+
     def safetynet_view(self) -> tuple[Any, list[float]] | None:
         """The SafetyNet on these detectors' layers and their calibrated thresholds (None for the Metzen "M")."""
         if self.letters == "M":
