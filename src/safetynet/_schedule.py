@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["one_cycle"]
+__all__ = ["one_cycle", "optimizer_step"]
 
 
 def one_cycle(opt: torch.optim.Optimizer, *, max_lr: float, total_steps: int, pct_start: float = 0.25,
@@ -25,3 +25,12 @@ def one_cycle(opt: torch.optim.Optimizer, *, max_lr: float, total_steps: int, pc
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     pct = min(max(float(pct_start), 2.0 / total), 1.0 - 2.0 / total)
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=pct, **kwargs)
+
+
+def optimizer_step(opt: torch.optim.Optimizer, sched: Any, loss: torch.Tensor) -> float:
+    """One step of ``opt`` on ``loss`` and one of its schedule; returns the loss as a float."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach())

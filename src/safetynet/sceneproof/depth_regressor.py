@@ -26,10 +26,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .._io import atomic_path
-from .._schedule import one_cycle
+from .._schedule import one_cycle, optimizer_step
 from .._validation import check_images
 from ..data.rgbd.frame import RGBDFrame, resize_rgbd, stack_frames
 from ..errors import CheckpointError, InputError
+from .patches import random_hflip
 
 logger = logging.getLogger(__name__)
 FORMAT = "safetynet-depth-regressor"
@@ -138,17 +139,8 @@ def train_depth_regressor(frames: Sequence[RGBDFrame] | tuple[torch.Tensor, torc
         total, count = 0.0, 0
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            x, d, v = image[idx], depth[idx], valid[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            d = torch.where(flip[:, None, None, None], d.flip(-1), d)
-            v = torch.where(flip[:, None, None, None], v.flip(-1), v)
-            loss = _si_log_loss(model(x), d, v)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
+            x, d, v = random_hflip(gen, image[idx], depth[idx], valid[idx])
+            total += optimizer_step(opt, sched, _si_log_loss(model(x), d, v)) * len(idx)
             count += len(idx)
         history.append(total / count)
         logger.info("depth regressor epoch %d/%d: si-log loss %.4f", epoch + 1, epochs, history[-1])

@@ -7,9 +7,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .._schedule import one_cycle
+from .._schedule import one_cycle, optimizer_step
 from ..errors import InputError
 from .labels import REAL
+from .patches import random_hflip
 from .sampling import PatchSet
 
 
@@ -41,15 +42,8 @@ def train_classifier(model: nn.Module, data: PatchSet, *, epochs: int, seed: int
         total, count = 0.0, 0
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
-            x = data.images(idx)
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            loss = nn.functional.cross_entropy(model(x), data.y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
+            (x,) = random_hflip(gen, data.images(idx))
+            total += optimizer_step(opt, sched, nn.functional.cross_entropy(model(x), data.y[idx])) * len(idx)
             count += len(idx)
         history.append(total / max(count, 1))
         if log is not None:

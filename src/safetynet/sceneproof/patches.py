@@ -216,3 +216,9 @@ def sensor_holes(depth: torch.Tensor, valid: torch.Tensor, *, seed: int = 0, p: 
 
     new_valid = valid & ~(drop & chosen)
     return depth * new_valid, new_valid
+
+
+def random_hflip(gen: torch.Generator, *batches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Flip the same random half of the items of every (N, C, H, W) batch left-right (one draw per item)."""
+    flip = torch.rand(len(batches[0]), generator=gen) < 0.5
+    return tuple(torch.where(flip[:, None, None, None], b.flip(-1), b) for b in batches)
