@@ -284,6 +284,25 @@ def test_confidence_threshold_for_target_fpr():
     assert both.predict(adv).mean() == 1.0
 
 
+def test_confidence_baseline_as_a_defence(classifier, fgsm_sets):
+    """The confidence baseline as a Defence column: rejects exactly where ConfidenceDetector.predict does,
+    and calibrating the Defence at the detector's own FPR keeps that operating point."""
+    from safetynet.evaluation.defence import ConfidenceOnImages, Defence
+
+    nat, adv = fgsm_sets["test"]
+    with torch.no_grad():
+        det = ConfidenceDetector(target_fpr=0.1).fit(classifier(fgsm_sets["train"][0]))
+        logits_adv = classifier(adv)
+    with pytest.raises(InputError, match="fitted"):
+        ConfidenceOnImages(classifier, ConfidenceDetector())
+    d = Defence("confidence", classifier, ConfidenceOnImages(classifier, det))
+    v = d.evaluate(adv)
+    assert np.array_equal(v.rejected, det.predict(logits_adv).astype(bool))
+    assert np.array_equal(v.pred, logits_adv.argmax(1).numpy())
+    d.calibrate(fgsm_sets["train"][0], fpr=0.1)  # same natural images, same FPR: the same decisions
+    assert np.array_equal(d.detect(adv), det.predict(logits_adv).astype(bool))
+
+
 def test_confidence_bad_inputs():
     with pytest.raises(InputError, match="not fitted"):
         ConfidenceDetector().decision_function(np.zeros((2, 3)))

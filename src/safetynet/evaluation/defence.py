@@ -99,21 +99,26 @@ class CalibratedDetector:
 
 
 class ConfidenceOnImages:
-    """The confidence baseline on images: score = 1 - max softmax of ``model`` (higher = less confident)."""
+    """A fitted :class:`~safetynet.detectors.confidence.ConfidenceDetector` (which scores logits) seen on images.
 
-    def __init__(self, model: nn.Module, batch_size: int = 256) -> None:
-        self.model = model
-        self.batch_size = batch_size
+    ``decision_function`` is its score (1 - max softmax) minus its fitted threshold, so it fires (> 0)
+    exactly where the detector's ``predict`` rejects.
+    """
+
+    def __init__(self, model: nn.Module, detector: Any, batch_size: int = 256) -> None:
+        if not hasattr(detector, "threshold_"):
+            raise InputError("ConfidenceOnImages needs a fitted ConfidenceDetector; call fit(natural_logits) first")
+        self.model, self.detector, self.batch_size = model, detector, batch_size
 
     def decision_function(self, x: torch.Tensor) -> np.ndarray:
         _, logits = predict(self.model, x, self.batch_size)
-        return (1.0 - torch.softmax(logits.double(), 1).amax(1)).numpy()
+        return self.detector.decision_function(logits) - self.detector.threshold_
 
     def detect(self, x: torch.Tensor) -> np.ndarray:
         return self.decision_function(x) > 0
 
     def __repr__(self) -> str:
-        return "ConfidenceOnImages()"
+        return f"ConfidenceOnImages(threshold={self.detector.threshold_:.6g})"
 
 
 class Defence:
