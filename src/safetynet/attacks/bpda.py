@@ -152,3 +152,13 @@ def safetynet_view(detector: Any) -> tuple[Any, list[float]] | None:
     """
     view = getattr(detector, "safetynet_view", None)
     return view() if callable(view) else None
+
+
+def safetynet_of(detector: Any) -> Any:
+    """The SafetyNet whose codes ``detector`` decides on: itself, the net of its :func:`safetynet_view`, or None."""
+    from ..safetynet import SafetyNet
+
+    if isinstance(detector, SafetyNet):
+        return detector
+    view = safetynet_view(detector)
+    return None if view is None else view[0]

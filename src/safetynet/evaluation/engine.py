@@ -63,6 +63,7 @@ class BenchResults:
     queries: list[dict[str, Any]]
     timings: dict[str, float]
     images: dict[tuple[str, str, float, str], torch.Tensor]  # (row, norm, eps, defence) -> adversarials, if kept
+    clean_pred: torch.Tensor  # (N,) the classifier's labels on the clean test images
 
 
 def cell_record(row: AttackRow | None, norm: str | None, eps: float | None, defence: str, y: torch.Tensor,
@@ -121,8 +122,7 @@ class AttackBench:
     def _white(self, row: AttackRow, d: Defence, norm: str) -> Any:
         """The white-box attack of ``row`` against defence ``d`` (None: not applicable)."""
         from ..attacks.adaptive import BPDA, CodeMatching, JointPGD, OrthogonalPGD, SmoothedTypeII
-        from ..attacks.bpda import safetynet_view
-        from ..safetynet import SafetyNet
+        from ..attacks.bpda import safetynet_of
 
         s, kw, target = self.settings, self._kw(norm), d.target
         if d.detector is None:
@@ -137,8 +137,7 @@ class AttackBench:
         if row.key == "opgd":
             return OrthogonalPGD(target, **kw)
         if row.key == "code-matching":  # matches the codes of a SafetyNet (a calibrated one: its view)
-            view = target if isinstance(target, SafetyNet) else safetynet_view(target)
-            net = view if view is None or isinstance(view, SafetyNet) else view[0]
+            net = safetynet_of(target)
             return None if net is None else CodeMatching(net, self.x_nat, self.y_nat, **kw)
         raise InputError(f"no white-box builder for {row.key}")
 
@@ -160,7 +159,7 @@ class AttackBench:
             return TransferAttack(sur.model(), FGSM(mask=mask))
         if family == "transfer-bim":
             return TransferAttack(sur.model(), base)
-        kw = {"distance": norm, "steps": s.steps, "seed": s.seed, "mask": mask}
+        kw = self._kw(norm)
         if family == "finetune-tf":
             ft = sur.finetuned()
             det = ExtraClassDetector(ft)
@@ -230,8 +229,8 @@ class AttackBench:
         clean = {k: d.evaluate(x) for k, d in self.defences.items()}
         clean_pred = torch.as_tensor(clean["ori"].pred)
         correct = (clean_pred == y).numpy()
-        self.natural_scores = {k: v.score[correct] for k, v in clean.items() if v.score is not None}
-        records = [cell_record(None, None, None, k, y, clean_pred, v, self.natural_scores.get(k),
+        natural_scores = {k: v.score[correct] for k, v in clean.items() if v.score is not None}
+        records = [cell_record(None, None, None, k, y, clean_pred, v, natural_scores.get(k),
                                positive_class=task.positive_class, target_fpr=s.target_fpr) for k, v in clean.items()]
         timings["clean"] = round(time.time() - t0, 2)
         sweeps: list[dict[str, Any]] = []
@@ -258,7 +257,7 @@ class AttackBench:
                         if keep_images:
                             images[row.key, norm, eps, dkey] = adv
                         records.append(cell_record(row, norm, eps, dkey, y, clean_pred, self.defences[dkey].evaluate(adv),
-                                                   self.natural_scores.get(dkey), positive_class=task.positive_class,
+                                                   natural_scores.get(dkey), positive_class=task.positive_class,
                                                    target_fpr=s.target_fpr, extended=extensions > 0, extra=extra))
                     # Only adaptive type-II rows are extended: a type-I or transfer attack is not trying to
                     # reach the detector's blind spots, so its curve need not reach 100 %.
@@ -276,5 +275,5 @@ class AttackBench:
                                     "max": int(h.max())})
                 timings[f"{row.key} ({norm})"] = round(time.time() - t0, 2)
                 log.info("%s %s done in %.1f s", row.label, norm, timings[f"{row.key} ({norm})"])
-        return BenchResults(records, sweeps, queries, timings, images)
+        return BenchResults(records, sweeps, queries, timings, images, clean_pred)
 

@@ -210,10 +210,9 @@ def check_softmax_output(model: nn.Module, x: torch.Tensor, *, name: str = "soft
 def compute_flags(bench: Any, records: Sequence[dict[str, Any]]) -> list[Flag]:
     """Every reliability check of this module on one run of an :class:`~safetynet.evaluation.engine.AttackBench`."""
     from ..attacks.adaptive import BPDAScore
-    from ..attacks.bpda import safetynet_view
+    from ..attacks.bpda import safetynet_of
     from ..attacks.detector_scores import as_detector_score
     from ..attacks.joint_pgd import classifier_loss
-    from ..safetynet import SafetyNet
     from .defence import smoothable
     from .rows import base_row
 
@@ -241,7 +240,7 @@ def compute_flags(bench: Any, records: Sequence[dict[str, Any]]) -> list[Flag]:
             continue
         checks = []
         # The hard path and BPDA's surrogate exist for SafetyNet codes (a calibrated one: its view) only.
-        view = target if isinstance(target, SafetyNet) else (safetynet_view(target) or (None,))[0]
+        view = safetynet_of(target)
         if view is not None:
             checks += [("zero_gradients_real_path", safetynet_real_score(view)),
                        ("zero_gradients_bpda_surrogate", combined(BPDAScore(view, "identity")))]

@@ -60,6 +60,13 @@ class Task:
     def perturbed(self) -> str:
         return "all pixels" if self.mask is None else "masked elements only (" + self.provenance.get("mask", "mask") + ")"
 
+    def natural_fit(self, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(images, labels, mask)`` of the fit images the classifier labels correctly: the *natural* examples."""
+        from ..attacks.batched import predict
+
+        ok = predict(self.model, self.fit_x, batch_size)[0] == self.fit_y
+        return self.fit_x[ok], self.fit_y[ok], ok
+
     def l2_cap(self) -> float:
         """Largest useful L2 budget: the norm of an all-ones change of every element the attacks may touch."""
         shape = (1, *self.test_x.shape[1:])

@@ -20,6 +20,7 @@ The run is deterministic for a given config and thread count (seeded attacks and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -30,7 +31,6 @@ from torch import nn
 
 from .._job import prepare_output
 from ..errors import InputError
-from ..attacks.batched import predict
 from ..evaluation.defence import Defence
 from ..evaluation.engine import AttackBench
 from ..evaluation.rows import DEFENCE_TITLES, expand_rows
@@ -123,13 +123,12 @@ def run_robustness(cfg: RobustnessConfig, *, task: Task | None = None) -> dict[s
     timings: dict[str, float] = {}
     t0 = time.time()
     task = task if task is not None else _task(cfg, out)
-    if cfg.positive_class is not None:
-        task.positive_class = cfg.positive_class
+    if cfg.positive_class is not None:  # a copy: the caller's task stays as it was
+        task = dataclasses.replace(task, positive_class=cfg.positive_class)
     model = task.model
     for p in model.parameters():
         p.requires_grad_(False)
-    ok_fit = predict(model, task.fit_x, cfg.batch_size)[0] == task.fit_y
-    x_nat, y_nat = task.fit_x[ok_fit], task.fit_y[ok_fit]
+    x_nat, y_nat, ok_fit = task.natural_fit(cfg.batch_size)
     eps = {norm: cfg.eps(norm, task.eps) for norm in cfg.norms}
     fit_eps = cfg.fit_budget(task.eps)
     timings["setup"] = round(time.time() - t0, 2)
@@ -159,7 +158,7 @@ def run_robustness(cfg: RobustnessConfig, *, task: Task | None = None) -> dict[s
     flags = compute_flags(bench, res.records)
     timings["flags"] = round(time.time() - t0, 2)
 
-    clean_pred = predict(model, task.test_x, cfg.batch_size)[0]
+    clean_pred = res.clean_pred
     results: dict[str, Any] = {
         "model": task.model_source, "dataset": task.name, "provenance": task.provenance,
         "perturbed": task.perturbed, "positive_class": task.positive_class,

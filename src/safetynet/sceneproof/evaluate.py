@@ -64,7 +64,6 @@ def _analyze(bundle: SceneProof, x: torch.Tensor, batch_size: int = 512) -> Patc
 def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
     """Run every table, the held-out check and write ``report.md``, ``results.json`` and figures to ``cfg.out``."""
     from ..data.rgbd import load_real_frames
-    from ..attacks.batched import predict
     from ..evaluation.engine import AttackBench, AttackSettings
     from ..evaluation.report import config_record, environment_info, write_results_json
     from ..evaluation.rows import expand_rows
@@ -104,18 +103,18 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
 
     # ---- attacks: Table 4's rows on the evaluation engine (the same rows and defences as
     # `safetynet robustness --dataset sceneproof`), depth channel only, at one budget.
-    task = sceneproof_task(bundle, data_dir=cfg.data_dir, n=cfg.n_attack, n_fit=cfg.n_fit, seed=cfg.seed)
+    task = sceneproof_task(bundle, n=cfg.n_attack, n_fit=cfg.n_fit, seed=cfg.seed, patches=(val_fs, nat))
     x_att, y_att = task.test_x, task.test_y
-    ok_fit = predict(bundle.model, task.fit_x)[0] == task.fit_y
+    x_fit_nat, y_fit_nat, _ = task.natural_fit()  # the attacker's own detectors are fitted on these
     settings = AttackSettings(eps={"linf": [eps]}, steps=cfg.steps, sharpness=[cfg.sharpness],
                               gamma_scale=[cfg.gamma_scale], extend_eps=0, batch_size=128, seed=cfg.seed)
     surrogates = None
     if task.surrogates:
-        surrogates = SurrogatePool([("module", m) for m in task.surrogates.values()], x_nat=task.fit_x[ok_fit],
-                                   y_nat=task.fit_y[ok_fit], x_test=x_att, y_test=y_att, fit_eps=eps, seed=cfg.seed,
+        surrogates = SurrogatePool([("module", m) for m in task.surrogates.values()], x_nat=x_fit_nat,
+                                   y_nat=y_fit_nat, x_test=x_att, y_test=y_att, fit_eps=eps, seed=cfg.seed,
                                    out=out, task_name=task.name, target_arch=task.arch, train_dataset=None,
                                    metzen_epochs=10, batch_size=128, mask=task.mask)
-    bench = AttackBench(task, task.defences, settings, surrogates, task.fit_x[ok_fit], task.fit_y[ok_fit])
+    bench = AttackBench(task, task.defences, settings, surrogates, x_fit_nat, y_fit_nat)
     keys = ["bim", "type2"] + (["transfer-fgsm", "transfer-bim", "finetune-tf", "subnet-tf"] if surrogates else [])
     rows = expand_rows(keys, surrogates.tags if surrogates else [])
     run = bench.run(rows, ["linf"], keep_images=True)

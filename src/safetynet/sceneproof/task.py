@@ -101,11 +101,19 @@ def stratified_patches(ps: PatchSet, n: int, rng: np.random.Generator) -> np.nda
 
 
 def sceneproof_task(bundle: SceneProof | str | None = None, *, data_dir: str | None = None, n: int = 100,
-                    n_fit: int = 1000, seed: int = 0, batch_size: int = 256) -> Task:
-    """The SceneProof task of a bundle (a :class:`SceneProof`, a folder, or None for the shipped one)."""
+                    n_fit: int = 1000, seed: int = 0, batch_size: int = 256,
+                    patches: tuple[FrameSet, PatchSet] | None = None) -> Task:
+    """The SceneProof task of a bundle (a :class:`SceneProof`, a folder, or None for the shipped one).
+
+    ``patches``: the bundle's validation ``(frames, patches)`` if the caller already built them
+    with :func:`validation_patches` (``sceneproof evaluate`` does; rebuilding takes minutes).
+    """
     if not isinstance(bundle, SceneProof):
         bundle = SceneProof.load(bundle)
-    val_fs, _, sets, nat = validation_patches(bundle, data_dir)  # the patches `sceneproof evaluate` reads
+    if patches is None:
+        val_fs, _, _, nat = validation_patches(bundle, data_dir)  # the patches `sceneproof evaluate` reads
+    else:
+        val_fs, nat = patches
     rng = np.random.default_rng(seed)
     test = stratified_patches(nat, n, rng)
     rest = np.setdiff1d(np.arange(len(nat)), test)
@@ -113,7 +121,7 @@ def sceneproof_task(bundle: SceneProof | str | None = None, *, data_dir: str | N
         raise InputError(f"n_fit={n_fit} exceeds the {len(rest)} validation patches left after the n attacked ones")
     fit = np.sort(rng.choice(rest, size=n_fit, replace=False))
     ti, fi = torch.as_tensor(test), torch.as_tensor(fit)
-    counts = {k: int((nat.kind[test] == k).sum()) for k in sets}
+    counts = {k: int((nat.kind[test] == k).sum()) for k in dict.fromkeys(nat.kind.tolist())}
     prov = {"fit": f"{n_fit} validation patches ({len(val_fs)} validation frames)",
             "test": f"{len(test)} validation patches, stratified: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
             "mask": "the depth channel", "kinds": nat.kind[test].tolist()}
