@@ -344,3 +344,15 @@ def test_train_cli_rejects_unknown_settings(tmp_path, capsys):
             main(["sceneproof", "train", "--out", str(tmp_path), *args])
         assert e.value.code == EXIT_USAGE and needle in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing trained or written
+
+
+@pytest.mark.parametrize("bad", [{"n_fit": 0}, {"n_attack": -1}, {"steps": 1.5}, {"sharpness": float("nan")},
+                                 {"gamma_scale": 0.0}, {"eps": -0.1}])
+def test_evaluate_refuses_bad_settings_before_writing(bad, tmp_path):
+    from safetynet.errors import InputError
+    from safetynet.sceneproof.evaluate import EvaluateConfig, evaluate_sceneproof
+
+    out = tmp_path / "eval"
+    with pytest.raises(InputError, match=next(iter(bad))):
+        evaluate_sceneproof(EvaluateConfig(out=str(out), **bad))
+    assert not out.exists()  # nothing half-written

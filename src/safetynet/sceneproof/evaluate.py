@@ -74,6 +74,7 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
     from .train import TRAIN_KINDS, default_data_dir
     from .verify import verify_frames
 
+    cfg.validate()
     t0 = time.time()
     lap = Laps(log)
     times = lap.times
@@ -82,8 +83,7 @@ def evaluate_sceneproof(cfg: EvaluateConfig) -> dict[str, Any]:
     data_root = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
     train_cfg = bundle.settings["training"]["config"]
     eps = float(cfg.eps if cfg.eps is not None else train_cfg["attack_eps"])
-    out = Path(cfg.out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.out)  # created by the first artifact written (atomically), never empty on a failed run
     results: dict[str, Any] = {"eps": eps, "unit": "64x64 RGB-D patches unless noted"}
 
     t = time.time()

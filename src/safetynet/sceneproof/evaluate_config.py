@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..cli_config import setting
+from ..errors import InputError
 
 __all__ = ["EvaluateConfig"]
 
@@ -23,3 +25,14 @@ class EvaluateConfig:
     gamma_scale: float = setting(0.1, "type-II RBF widening (gamma multiplier)")
     seed: int = setting(0, "seeds the attacked patches and the attacks")
     heldout: bool = setting(True, "also judge the rgbd-heldout/ captures")
+
+    def validate(self) -> None:
+        """Refuse settings that cannot run, before anything is read or written."""
+        for name in ("n_attack", "n_fit", "steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("sharpness", "gamma_scale") + (("eps",) if self.eps is not None else ()):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise InputError(f"{name} must be a positive finite number, got {v!r}")
