@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from safetynet.cli import main
 from safetynet.errors import InputError
@@ -15,28 +16,41 @@ from safetynet.experiment.run import _stratified_order
 
 
 def _spied_run(cfg: ExperimentConfig) -> tuple[dict, dict]:
-    """Run the experiment, keeping what the job computed on the way: every attack's inputs and outcome,
-    and the detector scores handed to the report writer (so the reported numbers can be recomputed)."""
+    """Run the experiment, keeping what the job computed on the way: every attack unit's inputs and the
+    clipped images it produced, and the detector scores handed to the report writer (so the reported
+    numbers can be recomputed)."""
+    from safetynet.attacks import batched as batched_mod
     from safetynet.experiment import report as report_mod
-    from safetynet.experiment import run as run_mod
+    from safetynet.experiment import units as units_mod
 
     seen: dict = {"attacks": []}
-    attack, write = run_mod.run_attack, report_mod.write_experiment_report
+    attack_chunk, in_batches, write = units_mod.attack_chunk, batched_mod.attack_in_batches, report_mod.write_experiment_report
+    clipped: list = []
 
-    def spy_attack(model, setting, x, y, batch_size, desc):
-        outcome = attack(model, setting, x, y, batch_size, desc)
-        seen["attacks"].append({"setting": setting, "part": "train" if desc.endswith("(train)") else "test",
-                                "x": x, "y": y, "outcome": outcome, "model": model})
-        return outcome
+    def spy_in_batches(*args, **kwargs):
+        res = in_batches(*args, **kwargs)
+        clipped.append(res)
+        return res
+
+    def spy_chunk(model, setting, x, y, *rest):
+        arrays = attack_chunk(model, setting, x, y, *rest)
+        res = clipped.pop()
+        seen["attacks"].append({"setting": setting, "x": x, "y": y, "adversarial": res.clipped, "success": res.success,
+                                "arrays": arrays, "model": model})
+        return arrays
 
     def spy_write(out, cfg, results, settings, usable, scores, conf_scores, provenance):
         seen.update(scores=scores, conf_scores=conf_scores)
         return write(out, cfg, results, settings, usable, scores, conf_scores, provenance)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(run_mod, "run_attack", spy_attack)
+        mp.setattr(units_mod, "attack_chunk", spy_chunk)
+        mp.setattr(batched_mod, "attack_in_batches", spy_in_batches)
         mp.setattr(report_mod, "write_experiment_report", spy_write)
         results = run_experiment(cfg)
+    # units run in order: per setting, the fit part's chunks, then the test part's (one chunk each here)
+    for i, rec in enumerate(seen["attacks"]):
+        rec["part"] = "train" if i % 2 == 0 else "test"
     assert {a["part"] for a in seen["attacks"]} == {"train", "test"} and "scores" in seen, "the spies saw nothing"
     return results, seen
 
@@ -112,8 +126,7 @@ def test_success_rates_equal_rechecking_the_adversarials_on_the_model(digits_run
     attacks = {a["key"]: a for a in results["attacks"]}
     assert len(seen["attacks"]) == 2 * len(attacks)
     for rec in seen["attacks"]:
-        s, x, y, o, model = rec["setting"], rec["x"], rec["y"], rec["outcome"], rec["model"]
-        adv = o.adversarial
+        s, x, y, adv, model = rec["setting"], rec["x"], rec["y"], rec["adversarial"], rec["model"]
         assert adv.shape == x.shape and adv.min() >= 0 and adv.max() <= 1
         with torch.no_grad():
             clean_logits, pred = model(x), model(adv).argmax(1)
@@ -121,17 +134,18 @@ def test_success_rates_equal_rechecking_the_adversarials_on_the_model(digits_run
         fooled = pred != y
         if s.top_k:  # DeepFool-top-k: the label must also leave the clean top-k
             fooled &= (pred[:, None] != clean_logits.topk(s.top_k, dim=1).indices).all(1)
-        assert torch.equal(o.success, fooled), s.key
+        assert np.array_equal(rec["arrays"]["success"], fooled.numpy()), s.key
+        assert np.array_equal(rec["arrays"]["pred"], pred.numpy()), s.key
         delta = (adv - x).flatten(1)
         if s.eps is not None:  # the budget holds on the clipped images
             norm = delta.abs().amax(1) if s.family in ("FGSM", "BIM-Linf") else delta.norm(dim=1)
             assert (norm <= s.eps + 1e-5).all(), s.key
         a = attacks[s.key]
-        assert a[f"success_rate_{rec['part']}"] == pytest.approx(fooled.float().mean().item(), abs=1e-12)
+        assert a[f"success_rate_{rec['part']}"] == pytest.approx(fooled.double().mean().item(), abs=1e-12)
         if rec["part"] == "test":
             assert a["adversarial_test"] == int(fooled.sum())
-            l2 = np.sort(delta.norm(dim=1)[fooled].numpy())
-            assert a["median_l2"] == pytest.approx(float(l2[(len(l2) - 1) // 2]), rel=1e-6)  # torch's lower median
+            l2 = delta.norm(dim=1)[fooled].numpy()
+            assert a["median_l2"] == pytest.approx(float(np.median(l2)), rel=1e-6)
 
 
 @pytest.mark.slow  # the whole demo experiment (digits_run)
@@ -143,7 +157,7 @@ def test_auc_and_rates_equal_sklearn_on_the_detector_scores(digits_run):
 
     results, _, seen = digits_run
     # W→A and T→T rej are over every attempt; "wrong" is the top-1 label on the adversarial (metrics.safetynet_rates)
-    test_wrong = {r["setting"].key: (r["outcome"].pred != r["outcome"].y).numpy() for r in seen["attacks"]
+    test_wrong = {r["setting"].key: r["arrays"]["pred"] != r["y"].numpy() for r in seen["attacks"]
                   if r["part"] == "test"}
     checked = 0
     for name, det in results["detectors"].items():
@@ -157,6 +171,15 @@ def test_auc_and_rates_equal_sklearn_on_the_detector_scores(digits_run):
             rejected, wrong = sc["all_attempts"][row["attack"]] > 0, test_wrong[row["attack"]]
             assert row["misclassified_accepted"] == pytest.approx(np.mean(wrong & ~rejected))
             assert row["correct_rejected"] == pytest.approx(np.mean(~wrong & rejected))
+            # the calibrated operating point: the (k+1)-th largest held-out natural score, k = floor(fpr * n)
+            cal, held_out = row["calibrated"], np.sort(sc["calibration"])[::-1]
+            assert len(held_out) == results["provenance"]["natural_calibration"]
+            assert cal["threshold"] == held_out[int(np.floor(0.05 * len(held_out) + 1e-9))]
+            assert np.mean(sc["calibration"] > cal["threshold"]) <= 0.05
+            assert cal["tpr"] == pytest.approx(np.mean(adv > cal["threshold"]))
+            assert cal["fpr"] == pytest.approx(np.mean(nat > cal["threshold"]))
+            assert cal["misclassified_accepted"] == pytest.approx(
+                np.mean(wrong & ~(sc["all_attempts"][row["attack"]] > cal["threshold"])))
             for j, tested in enumerate(keys):  # the cross-attack matrix: trained on row i, tested on column j
                 cross = auc(nat, sc["adversarial"][tested])
                 assert det["cross_attack"]["auc"][i][j] == pytest.approx(cross, abs=1e-9), (name, row["attack"], tested)
@@ -209,3 +232,63 @@ def test_bad_config_is_refused(tmp_path):
         run_experiment(ExperimentConfig(n_train=3, out=str(tmp_path)))
     code = main(["demo", "--dataset", "cifar10", "--out", str(tmp_path / "x")])
     assert code == EXIT_BAD_INPUT and not (tmp_path / "x" / "report.md").exists()
+
+
+def _comparable(results: dict) -> dict:
+    """Results without what may differ between equal runs: timings, where units ran, the output folder."""
+    r = json.loads(json.dumps(results, default=float))
+    r.pop("seconds"), r.pop("execution")
+    r["config"] = {k: v for k, v in r["config"].items() if k not in ("out", "cache", "workers", "ray", "ray_address")}
+    for a in r["attacks"]:
+        a.pop("seconds")
+    return r
+
+
+@pytest.mark.slow  # a second demo experiment, interrupted and resumed
+def test_an_interrupted_run_resumes_to_identical_results(digits_run, digits_checkpoint, tmp_path):
+    from safetynet.experiment import units as units_mod
+
+    results, _, _ = digits_run
+    cfg = ExperimentConfig(dataset="digits", model=str(digits_checkpoint), layer="relu2", n_train=200, n_test=150,
+                           metzen_epochs=2, seed=0, out=str(tmp_path / "run"))
+    attack_chunk, calls = units_mod.attack_chunk, []
+
+    def dies_on_the_fourth(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # what Ctrl-C or a killed session looks like to the job
+        return attack_chunk(*args)
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(units_mod, "attack_chunk", dies_on_the_fourth)
+        run_experiment(cfg)
+    cache = tmp_path / "run" / "cache"
+    assert len(list(cache.glob("attack-*.npz"))) == 3 and not list(cache.glob(".*tmp*"))  # 3 units kept, no debris
+    resumed = run_experiment(cfg)
+    assert resumed["execution"]["units_cached"] == 2 + 3  # the natural pass and the three finished attack units
+    assert _comparable(resumed) == _comparable(results)
+
+
+def test_chunk_store_is_keyed_by_content_and_refuses_damaged_files(tmp_path):
+    from safetynet.experiment.store import ChunkStore, fingerprint, model_fingerprint
+    from safetynet.models.small import SmallCNN
+
+    store = ChunkStore(tmp_path)
+    key = {"model": "m", "indices": [1, 2, 3], "thresholds": {"a": np.arange(3.0)}}
+    assert store.get("attack", key) is None
+    store.put("attack", key, {"x": np.arange(4), "codes": np.ones((2, 3), np.uint8)})
+    got = store.get("attack", key)
+    assert np.array_equal(got["x"], np.arange(4)) and got["codes"].dtype == np.uint8
+    # any change of what a unit depends on is another unit
+    assert fingerprint({**key, "thresholds": {"a": np.arange(3.0) + 1e-7}}) != fingerprint(key)
+    assert fingerprint({**key, "indices": [1, 2, 4]}) != fingerprint(key)
+    assert fingerprint(dict(reversed(list(key.items())))) == fingerprint(key)
+    a, b = SmallCNN(), SmallCNN()
+    b.load_state_dict(a.state_dict())
+    assert model_fingerprint(a) == model_fingerprint(b)
+    with torch.no_grad():
+        b.fc1_linear.weight[0, 0] += 1e-6
+    assert model_fingerprint(a) != model_fingerprint(b)
+    store.path("attack", key).write_bytes(b"not an npz")
+    with pytest.raises(InputError, match="delete it"):
+        store.get("attack", key)

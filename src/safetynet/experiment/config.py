@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -88,6 +89,24 @@ class ExperimentConfig:
     metzen_epochs: int = setting(10, "training epochs of the Metzen et al. subnetwork")
     train_attack: str | None = setting(None, "attack highlighted in the report (the paper's Figure 2C trains on "
                                              "L-inf; default BIM-L-inf)")
+    # Operating point (Tramer et al. 2020; Bryniarski et al. 2022): thresholds are set on natural
+    # training images the detectors never saw, at a chosen false-positive rate; reports give these
+    # numbers next to the SVM's own zero threshold.
+    fpr: float = setting(0.05, "false-positive rate at which every detector's threshold is calibrated")
+    calibration: float = setting(0.2, "share of the natural detector-training images held out to calibrate "
+                                      "thresholds (never fitted on)")
+    gamma: float | None = setting(None, "RBF gamma = 1/(2 sigma^2) of the SVMs (default: cross-validated)")
+    sigma: float | None = setting(None, "the paper's sigma, instead of --gamma (default: cross-validated)")
+    C: float | None = setting(None, "SVM regularisation (default: cross-validated)", flag="--C")
+    metzen_max_train: int = setting(20000, "at most this many natural and as many adversarial examples train the "
+                                           "Metzen subnetwork (its input maps are the only uncompressed data kept)")
+    chunk_size: int = setting(500, "images per unit of work (a unit is cached on disk when it finishes)")
+    cache: str | None = setting(None, "folder of cached attack/code units, shared between runs "
+                                      "(default: OUT/cache); an interrupted run resumes from it")
+    workers: int = setting(1, "parallel workers (local processes, or Ray tasks with --ray)")
+    ray: bool = setting(False, "run the units on Ray (a local instance; pip install ray)")
+    ray_address: str | None = setting(None, "run on an existing Ray cluster (e.g. auto or ray://host:10001)")
+    device: str = setting("auto", "auto (a GPU when present) | cpu | cuda")
     batch_size: int = setting(250, "images per forward pass")
     seed: int = setting(0, "seeds the split and the detectors")
     out: str = setting("safetynet-demo", "output folder for report.md, results.json and figures/")
@@ -106,5 +125,38 @@ class ExperimentConfig:
             raise InputError(f"pooled must be a positive integer (pooled x pooled per channel), got {self.pooled!r}")
         if self.metzen_epochs < 1:
             raise InputError(f"metzen_epochs must be >= 1, got {self.metzen_epochs}")
+        if not 0 < self.fpr < 1:
+            raise InputError(f"fpr must be in (0, 1), e.g. 0.05, got {self.fpr}")
+        if not 0 < self.calibration < 1:
+            raise InputError(f"calibration must be a share in (0, 1), e.g. 0.2, got {self.calibration}")
+        if self.gamma is not None and self.sigma is not None:
+            raise InputError("give --gamma or --sigma, not both (gamma = 1 / (2 sigma^2))")
+        for name in ("gamma", "sigma", "C"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise InputError(f"{name} must be a positive number, got {v!r}")
+        for name in ("metzen_max_train", "chunk_size", "workers", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InputError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise InputError("device cuda asked for, but torch sees no GPU; use --device cpu (or auto)")
+
+    def resolved_device(self) -> str:
+        """``auto``: a GPU when torch sees one, else the CPU."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def svm_params(self, levels: int) -> dict[str, Any]:
+        """Constructor arguments of the code SVMs (gamma/sigma/C None: cross-validated)."""
+        return {"levels": levels, "gamma": self.gamma, "sigma": self.sigma, "C": self.C, "random_state": self.seed}
         attack_grid(self.grid)
 

@@ -27,11 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..attacks.batched import attack_in_batches, predict
 from .._job import prepare_output
 from ..errors import InputError
+from .store import ChunkStore
 from .config import DETECTOR_TITLES, DETECTORS, AttackSetting, ExperimentConfig, attack_grid  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -82,152 +81,226 @@ def load_splits(cfg: ExperimentConfig) -> tuple[torch.Tensor, torch.Tensor, torc
     raise InputError(f"demo dataset must be 'cifar10-sample', 'cifar10' or 'digits', got {cfg.dataset!r}")
 
 
-# ------------------------------------------------------------------------------------ attacks
+# ------------------------------------------------------------------------------------ units
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
 @dataclass
 class AttackOutcome:
-    """Attack results on one image set: the clipped adversarials and the success mask."""
+    """One attack setting on one image set, assembled from its cached units."""
 
-    adversarial: torch.Tensor  # (N, C, H, W) clipped
-    y: torch.Tensor  # (N,) the true labels of the attacked images
-    success: torch.Tensor  # (N,) bool, re-checked on the clipped images
-    pred: torch.Tensor  # (N,) classifier labels on the adversarials
-    l2: torch.Tensor  # (N,) perturbation norms
-    linf: torch.Tensor
+    y: np.ndarray  # (N,) true labels of the attacked natural images
+    success: np.ndarray  # (N,) bool, re-checked on the clipped images
+    pred: np.ndarray  # (N,) classifier labels on the clipped images
+    logits: np.ndarray  # (N, K)
+    l2: np.ndarray  # (N,) perturbation norms
+    linf: np.ndarray
+    codes: dict[str, np.ndarray]  # SVM kind -> uint8 codes (N, D) of every attempt
+    maps: np.ndarray | None  # tapped-layer maps of the first rows (Metzen), None if none were kept
     seconds: float
 
 
-def run_attack(model: nn.Module, setting: AttackSetting, x: torch.Tensor, y: torch.Tensor,
-               batch_size: int, desc: str) -> AttackOutcome:
-    from ..attacks import Misclassification, TopKMisclassification
+class _Grid:
+    """Runs units through the executor, reading finished ones from the cache; shows progress."""
 
-    def goal(yb: torch.Tensor):
-        return TopKMisclassification(yb, k=setting.top_k) if setting.top_k else Misclassification(yb)
+    def __init__(self, store: ChunkStore, executor: Any, shared: tuple) -> None:
+        self.store, self.executor, self.shared = store, executor, shared
+        self.computed = 0
+        self.cached = 0
 
-    t0 = time.time()
-    res = attack_in_batches(setting.build(), model, x, y, goal, eps=setting.eps, batch_size=batch_size, desc=desc)
-    pred, _ = predict(model, res.clipped, batch_size)
-    delta = (res.clipped - x).flatten(1)
-    return AttackOutcome(res.clipped, y, res.success, pred, delta.norm(dim=1), delta.abs().amax(dim=1), time.time() - t0)
+    def run(self, kind: str, fn: Any, units: list[tuple[Any, tuple]], desc: str) -> list[dict[str, np.ndarray]]:
+        """``units`` = [(cache key, args)]; returns the arrays of every unit, in order."""
+        from ..progress import progress
+
+        todo = [i for i, (key, _) in enumerate(units) if not self.store.has(kind, key)]
+        self.cached += len(units) - len(todo)
+        if todo:
+            log.info("%s: %d units to compute, %d cached", desc, len(todo), len(units) - len(todo))
+            it = self.executor.map(fn, [units[i][1] for i in todo], shared=self.shared)
+            for j, arrays in progress(it, total=len(todo), desc=desc, unit="chunk"):
+                self.store.put(kind, units[todo[j]][0], arrays)  # written as each unit finishes: resumable
+                self.computed += 1
+        return [self.store.get(kind, key) for key, _ in units]
+
+
+def _assemble(parts: list[dict[str, np.ndarray]], y: np.ndarray, seconds: float) -> AttackOutcome:
+    from .units import SVM_KINDS, unpack
+
+    cat = lambda k: np.concatenate([p[k] for p in parts])  # noqa: E731
+    kept = [p["maps"] for p in parts if "maps" in p]
+    return AttackOutcome(y=y, success=cat("success"), pred=cat("pred"), logits=cat("logits"), l2=cat("l2"),
+                         linf=cat("linf"), codes={k: np.concatenate([unpack(p, k) for p in parts]) for k in SVM_KINDS},
+                         maps=np.concatenate(kept) if kept else None, seconds=seconds)
 
 
 # ------------------------------------------------------------------------------------ main job
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Run the whole experiment; writes ``report.md``, ``results.json`` and figures to ``cfg.out``."""
-    from ..codes import ActivationQuantizer, layer_activations
-    from ..detectors import CodeSVMDetector
+    """Run the whole experiment; writes ``report.md``, ``results.json`` and figures to ``cfg.out``.
+
+    Attacks and codes are computed in chunks (``cfg.chunk_size`` images) on the executor that
+    ``cfg.workers`` / ``cfg.ray`` / ``cfg.ray_address`` ask for, each chunk cached in
+    ``cfg.cache`` (default ``out/cache``) as it finishes: an interrupted run resumes where it
+    stopped, with identical results.
+    """
+    from ..codes import ActivationQuantizer
     from ..detectors.confidence import ConfidenceDetector
-    from ..detectors.metzen import MetzenDetector
     from ..evaluation.task import resolve_classifier
+    from ..executors import make_executor
+    from ..metrics import threshold_at_fpr
     from ..progress import progress
-    from ..taps import extract_activations
+    from .store import ChunkStore, model_fingerprint
+    from .units import SVM_KINDS, attack_chunk, code_features, fit_metzen, fit_svm, natural_chunk
 
     cfg.validate()
     t_start = time.time()
     out = prepare_output(cfg.out)
+    store = ChunkStore(cfg.cache or out / "cache")
+    device = cfg.resolved_device()
     settings = attack_grid(cfg.grid)
     model, model_source, _ = resolve_classifier(cfg.model, cfg.dataset)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    model_id = model_fingerprint(model)
     x_tr, y_tr, x_te, y_te, provenance = load_splits(cfg)
+    idx_tr, idx_te = np.asarray(provenance["train_indices"]), np.asarray(provenance["test_indices"])
+    base = {"model": model_id, "layer": cfg.layer, "dataset": cfg.dataset}
+    executor = make_executor(cfg.workers, cfg.ray, cfg.ray_address, threads=1,
+                             gpus_per_task=1 if device == "cuda" and (cfg.ray or cfg.ray_address) else 0)
+    execution = executor.describe()
+    try:
+        grid = _Grid(store, executor, (model,))
+        # 1. natural pass: logits and maps of every clean image (cheap; cached like the rest).
+        nat: dict[str, dict[str, np.ndarray]] = {}
+        for part, x, idx in (("train", x_tr, idx_tr), ("test", x_te, idx_te)):
+            units = [({**base, "split": part, "indices": idx[sl].tolist()}, (x[sl], cfg.layer, cfg.batch_size, device))
+                     for sl in _chunks(len(x), cfg.chunk_size)]
+            arrays = grid.run("natural", natural_chunk, units, f"natural ({part})")
+            nat[part] = {k: np.concatenate([a[k] for a in arrays]) for k in ("logits", "maps")}
+        pred_tr, pred_te = nat["train"]["logits"].argmax(1), nat["test"]["logits"].argmax(1)
+        ok_tr, ok_te = pred_tr == y_tr.numpy(), pred_te == y_te.numpy()
+        clean = {"train_images": len(y_tr), "test_images": len(y_te),
+                 "train_accuracy": float(ok_tr.mean()), "test_accuracy": float(ok_te.mean())}
+        log.info("clean accuracy train %.3f test %.3f", clean["train_accuracy"], clean["test_accuracy"])
 
-    # Natural examples: clean images the classifier gets right.
-    pred_tr, logits_tr = predict(model, x_tr)
-    pred_te, logits_te = predict(model, x_te)
-    ok_tr, ok_te = pred_tr == y_tr, pred_te == y_te
-    clean = {"train_images": len(y_tr), "test_images": len(y_te),
-             "train_accuracy": float(ok_tr.float().mean()), "test_accuracy": float(ok_te.float().mean())}
-    xn_tr, yn_tr = x_tr[ok_tr], y_tr[ok_tr]
-    xn_te, yn_te = x_te[ok_te], y_te[ok_te]
-    x_miss_te = x_te[~ok_te]
-    log.info("clean accuracy train %.3f test %.3f", clean["train_accuracy"], clean["test_accuracy"])
+        # 2. natural training images -> a fit part (detectors) and a calibration part (thresholds only).
+        natural = np.flatnonzero(ok_tr)
+        rng = np.random.default_rng(cfg.seed)
+        n_cal = max(1, int(round(cfg.calibration * len(natural))))
+        if len(natural) - n_cal < 10:
+            raise InputError(f"only {len(natural)} natural training images: too few to fit and calibrate; "
+                             "raise --n-train")
+        cal_pos = np.sort(rng.choice(natural, n_cal, replace=False))
+        fit_pos = np.setdiff1d(natural, cal_pos)
+        nat_te_pos, miss_te_pos = np.flatnonzero(ok_te), np.flatnonzero(~ok_te)
+        maps = {"fit": nat["train"]["maps"][fit_pos], "cal": nat["train"]["maps"][cal_pos],
+                "test": nat["test"]["maps"][nat_te_pos], "miss": nat["test"]["maps"][miss_te_pos]}
+        del nat["train"]["maps"], nat["test"]["maps"]
 
-    # Attacks: only natural examples are attacked (an already-misclassified image is no attack).
-    outcomes: dict[str, dict[str, AttackOutcome]] = {}
-    for s in progress(settings, desc="attacks"):
-        outcomes[s.key] = {
-            "train": run_attack(model, s, xn_tr, yn_tr, cfg.batch_size, f"{s.label} (train)"),
-            "test": run_attack(model, s, xn_te, yn_te, cfg.batch_size, f"{s.label} (test)"),
-        }
-        log.info("%s: success train %.3f test %.3f (%.1f s)", s.label, float(outcomes[s.key]["train"].success.float().mean()),
-                 float(outcomes[s.key]["test"].success.float().mean()),
-                 outcomes[s.key]["train"].seconds + outcomes[s.key]["test"].seconds)
+        # 3. quantizers on the fit part's natural activations; every set's codes use them.
+        quantizers = {k: ActivationQuantizer(levels=lv).fit(code_features(torch.from_numpy(maps["fit"]), k, cfg.pool, cfg.pooled))
+                      for k, lv in SVM_KINDS.items()}
+        thresholds = {k: q.thresholds_ for k, q in quantizers.items()}
+        from .units import codes_of
 
-    # Activations of the tapped layer, read once per image set (pooled for the SVM codes,
-    # full maps for the Metzen subnetwork).
-    def acts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _, maps = extract_activations(model, x, [cfg.layer], flatten=False)
-        m = maps[cfg.layer]
-        flat = layer_activations(model, x, [cfg.layer], cfg.pool)[cfg.layer] if cfg.pool else m.flatten(1)
-        return flat, m
+        nat_codes = {part: codes_of(torch.from_numpy(m), quantizers, cfg.pool, cfg.pooled) if len(m) else None
+                     for part, m in maps.items()}
 
-    def pooled(maps: torch.Tensor) -> torch.Tensor:
-        if maps.ndim != 4:  # a fully connected layer: nothing to pool
-            return maps.flatten(1)
-        return torch.nn.functional.adaptive_avg_pool2d(maps, cfg.pooled).flatten(1)
+        # 4. attacks: fit-part and test natural images, chunk by chunk, every setting.
+        attack_sets = {"train": (x_tr[fit_pos], y_tr[fit_pos], idx_tr[fit_pos]),
+                       "test": (x_te[nat_te_pos], y_te[nat_te_pos], idx_te[nat_te_pos])}
+        outcomes: dict[str, dict[str, AttackOutcome]] = {}
+        for s in settings:
+            outcomes[s.key] = {}
+            for part, (x, y, idx) in attack_sets.items():
+                t0 = time.time()
+                units = []
+                for sl in _chunks(len(x), cfg.chunk_size):
+                    keep = part == "test" or sl.start < cfg.metzen_max_train
+                    key = {**base, "split": part, "indices": idx[sl].tolist(), "attack": s.attack, "eps": s.eps,
+                           "params": dict(s.params), "top_k": s.top_k, "thresholds": thresholds, "pool": cfg.pool,
+                           "pooled": cfg.pooled, "maps": keep}
+                    units.append((key, (s, x[sl], y[sl], cfg.layer, thresholds, cfg.pool, cfg.pooled, keep,
+                                        cfg.batch_size, device)))
+                parts = grid.run("attack", attack_chunk, units, f"{s.label} ({part})")
+                outcomes[s.key][part] = _assemble(parts, y.numpy(), time.time() - t0)
+            log.info("%s: success train %.3f test %.3f", s.label, outcomes[s.key]["train"].success.mean(),
+                     outcomes[s.key]["test"].success.mean())
 
-    nat_tr_flat, nat_tr_maps = acts(xn_tr)
-    nat_te_flat, nat_te_maps = acts(xn_te)
-    miss_te_flat, miss_te_maps = acts(x_miss_te) if len(x_miss_te) else (None, None)
-    adv_flat: dict[tuple[str, str], torch.Tensor] = {}
-    adv_maps: dict[tuple[str, str], torch.Tensor] = {}
-    all_te_flat: dict[str, torch.Tensor] = {}
-    all_te_maps: dict[str, torch.Tensor] = {}
-    for s in settings:
-        for part in ("train", "test"):
-            o = outcomes[s.key][part]
-            f, m = acts(o.adversarial)
-            if part == "test":
-                all_te_flat[s.key], all_te_maps[s.key] = f, m  # every attempt, for the Table-1 rates
-            adv_flat[s.key, part], adv_maps[s.key, part] = f[o.success], m[o.success]
+        # 5. detectors per training setting (units too), then scores of every test set.
+        usable = [s for s in settings
+                  if outcomes[s.key]["train"].success.sum() >= 10 and outcomes[s.key]["test"].success.sum() >= 5]
+        skipped = [s.key for s in settings if s not in usable]
+        svm_units, svm_keys = [], []
+        for s in usable:
+            tr = outcomes[s.key]["train"]
+            for kind, lv in SVM_KINDS.items():
+                X = np.concatenate([nat_codes["fit"][kind], tr.codes[kind][tr.success]])
+                yb = np.r_[np.zeros(len(fit_pos), dtype=int), np.ones(int(tr.success.sum()), dtype=int)]
+                svm_units.append((X, yb, cfg.svm_params(lv)))
+                svm_keys.append((s.key, kind))
+        fitted: dict[tuple[str, str], Any] = {}
+        for i, det in progress(executor.map(fit_svm, svm_units), total=len(svm_units), desc="SVM detectors", unit="fit"):
+            fitted[svm_keys[i]] = det
+        del svm_units
+        n_metzen = min(len(fit_pos), cfg.metzen_max_train)
+        met_units = []
+        for s in usable:
+            tr = outcomes[s.key]["train"]
+            adv_maps = tr.maps[tr.success[:len(tr.maps)]][:cfg.metzen_max_train]
+            met_units.append((model, cfg.layer, cfg.metzen_epochs, cfg.seed, maps["fit"][:n_metzen], adv_maps))
+        for i, det in progress(executor.map(fit_metzen, met_units), total=len(met_units), desc="Metzen detectors",
+                               unit="fit"):
+            fitted[usable[i].key, "metzen"] = det
+        del met_units
+    finally:
+        executor.close()
 
-    # Each SVM detector: (code levels, activations -> features it quantizes).
-    svm_kinds = {"svm-binary": (2, lambda flat, maps: flat), "svm-quaternary": (4, lambda flat, maps: flat),
-                 "svm-pooled": (4, lambda flat, maps: pooled(maps))}
-    quantizers = {name: ActivationQuantizer(levels=lv).fit(feat(nat_tr_flat, nat_tr_maps))
-                  for name, (lv, feat) in svm_kinds.items()}
+    def svm_sets(kind: str) -> dict[str, Any]:
+        return {"natural": nat_codes["test"][kind], "cal": nat_codes["cal"][kind],
+                "miss": nat_codes["miss"][kind] if nat_codes["miss"] is not None else None,
+                "adv": {t.key: outcomes[t.key]["test"].codes[kind][outcomes[t.key]["test"].success] for t in settings},
+                "all": {t.key: outcomes[t.key]["test"].codes[kind] for t in settings}}
 
-    def codes(name: str, flat: torch.Tensor, maps: torch.Tensor) -> np.ndarray:
-        return quantizers[name].transform(svm_kinds[name][1](flat, maps))
-
-    # Fit detectors per training setting and score every test set.
+    met_sets = {"natural": maps["test"], "cal": maps["cal"], "miss": maps["miss"] if len(maps["miss"]) else None,
+                "adv": {t.key: outcomes[t.key]["test"].maps[outcomes[t.key]["test"].success] for t in settings},
+                "all": {t.key: outcomes[t.key]["test"].maps for t in settings}}
     scores: dict[str, dict[str, dict[str, Any]]] = {d: {} for d in DETECTORS}
     fitted_params: dict[str, dict[str, Any]] = {d: {} for d in DETECTORS}
-    usable = [s for s in settings if len(adv_flat[s.key, "train"]) >= 10 and len(adv_flat[s.key, "test"]) >= 5]
-    skipped = [s.key for s in settings if s not in usable]
-    for s in progress(usable, desc="detectors"):
-        n_adv = len(adv_flat[s.key, "train"])
-        for det_name, (lv, _) in svm_kinds.items():
-            X = np.concatenate([codes(det_name, nat_tr_flat, nat_tr_maps),
-                                codes(det_name, adv_flat[s.key, "train"], adv_maps[s.key, "train"])])
-            y = np.r_[np.zeros(len(nat_tr_flat), dtype=int), np.ones(n_adv, dtype=int)]
-            det = CodeSVMDetector(levels=lv, random_state=cfg.seed).fit(X, y)
-            fitted_params[det_name][s.key] = {"gamma": det.gamma_, "sigma": det.sigma_, "C": det.C_,
-                                              "support_vectors": int(len(det.support_vectors_)),
-                                              "code_units": int(X.shape[1])}
-            scores[det_name][s.key] = _score_all(
-                lambda fm, name=det_name, det=det: det.decision_function(codes(name, *fm)),
-                (nat_te_flat, nat_te_maps), None if miss_te_flat is None else (miss_te_flat, miss_te_maps),
-                {k: (adv_flat[k], adv_maps[k]) for k in adv_flat},
-                {k: (all_te_flat[k], all_te_maps[k]) for k in all_te_flat}, settings)
-        met = MetzenDetector(model, layer=cfg.layer, epochs=cfg.metzen_epochs, seed=cfg.seed)
-        met.fit_activations(nat_tr_maps, adv_maps[s.key, "train"])
-        fitted_params["metzen"][s.key] = {"epochs": cfg.metzen_epochs}
-        scores["metzen"][s.key] = _score_all(met.decision_function_from_activations, nat_te_maps, miss_te_maps,
-                                             adv_maps, all_te_maps, settings)
+    thresholds_at_fpr: dict[str, dict[str, float]] = {d: {} for d in DETECTORS}
+    for s in usable:
+        for kind in SVM_KINDS:
+            det = fitted[s.key, kind]
+            fitted_params[kind][s.key] = {"gamma": det.gamma_, "sigma": det.sigma_, "C": det.C_,
+                                          "support_vectors": int(len(det.support_vectors_)),
+                                          "code_units": int(det.n_features_in_),
+                                          "train_natural": int(len(fit_pos)),
+                                          "train_adversarial": int(outcomes[s.key]["train"].success.sum())}
+            scores[kind][s.key] = _score_all(det.decision_function, svm_sets(kind), settings)
+        met = fitted[s.key, "metzen"]
+        fitted_params["metzen"][s.key] = {"epochs": cfg.metzen_epochs, "train_natural": int(n_metzen)}
+        scores["metzen"][s.key] = _score_all(lambda m, det=met: det.decision_function_from_activations(torch.from_numpy(m)),
+                                             met_sets, settings)
+        for d in DETECTORS:
+            thresholds_at_fpr[d][s.key] = threshold_at_fpr(scores[d][s.key]["calibration"], cfg.fpr)
 
-    # Confidence baseline: threshold at 5 % FPR on natural training logits.
-    conf = ConfidenceDetector(target_fpr=0.05).fit(logits_tr[ok_tr].numpy())
-    conf_scores = {"natural": conf.decision_function(logits_te[ok_te].numpy()), "adversarial": {}}
+    # Confidence baseline: threshold at cfg.fpr on the calibration naturals' logits.
+    conf = ConfidenceDetector(target_fpr=cfg.fpr).fit(nat["train"]["logits"][cal_pos])
+    conf_scores = {"natural": conf.decision_function(nat["test"]["logits"][nat_te_pos]), "adversarial": {}}
     for s in settings:
         o = outcomes[s.key]["test"]
-        _, lg = predict(model, o.adversarial[o.success]) if o.success.any() else (None, torch.zeros(0, logits_te.shape[1]))
-        conf_scores["adversarial"][s.key] = conf.decision_function(lg.numpy()) if len(lg) else np.zeros(0)
+        conf_scores["adversarial"][s.key] = conf.decision_function(o.logits[o.success]) if o.success.any() else np.zeros(0)
 
-    results = _summarise(cfg, settings, usable, outcomes, scores, conf, conf_scores, fitted_params, clean)
+    results = _summarise(cfg, settings, usable, outcomes, scores, conf, conf_scores, fitted_params, clean,
+                         thresholds_at_fpr)
     results["skipped_train_settings"] = skipped
     results["provenance"] = {k: v for k, v in provenance.items() if not k.endswith("indices")}
+    results["provenance"].update({"natural_fit": int(len(fit_pos)), "natural_calibration": int(len(cal_pos)),
+                                  "natural_test": int(len(nat_te_pos)), "misclassified_test": int(len(miss_te_pos))})
     results["model"] = model_source
+    results["execution"] = {**execution, "device": device, "cache": str(store.root),
+                            "units_computed": grid.computed, "units_cached": grid.cached, "chunk_size": cfg.chunk_size}
     results["seconds"] = round(time.time() - t_start, 1)
     from .report import write_experiment_report
 
@@ -236,27 +309,31 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     return results
 
 
-def _score_all(score_fn, nat_te, miss_te, adv_by_key, all_by_key, settings) -> dict[str, Any]:
-    """Scores of one fitted detector on the natural, misclassified-clean and every adversarial test set.
+def _score_all(score_fn, sets: dict[str, Any], settings) -> dict[str, Any]:
+    """Scores of one fitted detector on every evaluation set (an array or None per set).
 
-    A set is whatever ``score_fn`` takes: a tensor, or a tuple of tensors with one row per image.
+    ``natural``: natural test images; ``calibration``: held-out natural training images (the
+    threshold at the target FPR is read from these); ``misclassified_clean``: clean test images the
+    classifier gets wrong; ``adversarial[key]``: successful attacks; ``all_attempts[key]``: every
+    attempt (the paper's rates count them all).
     """
-    def n(v) -> int:
-        return 0 if v is None else len(v[0]) if isinstance(v, tuple) else len(v)
+    def score(v) -> np.ndarray:
+        return np.asarray(score_fn(v), dtype=float) if v is not None and len(v) else np.zeros(0)
 
-    return {
-        "natural": np.asarray(score_fn(nat_te), dtype=float),
-        "misclassified_clean": np.asarray(score_fn(miss_te), dtype=float) if n(miss_te) else np.zeros(0),
-        "adversarial": {t.key: np.asarray(score_fn(adv_by_key[t.key, "test"]), dtype=float) if n(adv_by_key[t.key, "test"])
-                        else np.zeros(0) for t in settings},
-        "all_attempts": {t.key: np.asarray(score_fn(all_by_key[t.key]), dtype=float) for t in settings},
-    }
+    return {"natural": score(sets["natural"]), "calibration": score(sets["cal"]),
+            "misclassified_clean": score(sets["miss"]),
+            "adversarial": {t.key: score(sets["adv"][t.key]) for t in settings},
+            "all_attempts": {t.key: score(sets["all"][t.key]) for t in settings}}
 
 
-def _summarise(cfg, settings, usable, outcomes, scores, conf, conf_scores, fitted_params, clean) -> dict[str, Any]:
+def _summarise(cfg, settings, usable, outcomes, scores, conf, conf_scores, fitted_params, clean,
+               thresholds_at_fpr) -> dict[str, Any]:
     from ..cross_attack import cross_attack_matrix
     from ..metrics import detection_metrics, safetynet_rates
     from ..evaluation.report import config_record
+
+    def median(v: np.ndarray) -> float:
+        return float(np.median(v)) if len(v) else math.nan
 
     attacks = []
     for s in settings:
@@ -264,37 +341,52 @@ def _summarise(cfg, settings, usable, outcomes, scores, conf, conf_scores, fitte
         ok = te.success
         attacks.append({
             "key": s.key, "label": s.label, "family": s.family, "eps": s.eps, "params": dict(s.params), "top_k": s.top_k,
-            "success_rate_test": float(ok.float().mean()), "success_rate_train": float(tr.success.float().mean()),
+            "success_rate_test": float(ok.mean()), "success_rate_train": float(tr.success.mean()),
             "adversarial_test": int(ok.sum()), "adversarial_train": int(tr.success.sum()),
-            "median_l2": float(te.l2[ok].median()) if ok.any() else math.nan,
-            "median_linf": float(te.linf[ok].median()) if ok.any() else math.nan,
+            "median_l2": median(te.l2[ok]), "median_linf": median(te.linf[ok]),
             "seconds": round(te.seconds + tr.seconds, 1),
         })
     keys = [s.key for s in usable]
+
+    def operating_point(sc: dict[str, Any], key: str, threshold: float) -> dict[str, Any]:
+        """Detection and the paper's rates at one threshold (> threshold = rejected)."""
+        dm = detection_metrics(sc["natural"], sc["adversarial"][key], threshold=threshold)
+        o = outcomes[key]["test"]
+        rates = safetynet_rates(o.y, o.pred, sc["all_attempts"][key] > threshold)
+        return {"threshold": float(threshold), "accuracy": dm.accuracy, "balanced_accuracy": dm.balanced_accuracy,
+                "tpr": dm.tpr, "fpr": dm.fpr, **rates}
+
     detectors: dict[str, Any] = {}
     for d in DETECTORS:
         same = []
         for s in usable:
             sc = scores[d][s.key]
+            zero = operating_point(sc, s.key, 0.0)
+            cal = operating_point(sc, s.key, thresholds_at_fpr[d][s.key])
             dm = detection_metrics(sc["natural"], sc["adversarial"][s.key], threshold=0.0)
-            # every attempt on a natural test image; the attack's success (re-checked) means a wrong label
-            o = outcomes[s.key]["test"]
-            rates = safetynet_rates(o.y.numpy(), o.pred.numpy(), sc["all_attempts"][s.key] > 0.0)
-            same.append({"attack": s.key, "label": s.label, "auc": dm.auc, "accuracy": dm.accuracy,
-                         "balanced_accuracy": dm.balanced_accuracy, "tpr": dm.tpr, "fpr": dm.fpr,
-                         "tpr_at_1fpr": dm.tpr_at_1fpr, "tpr_at_5fpr": dm.tpr_at_5fpr,
-                         "adversary_success": float(outcomes[s.key]["test"].success.float().mean()),
-                         **rates, **fitted_params[d].get(s.key, {})})
+            same.append({"attack": s.key, "label": s.label, "auc": dm.auc, "tpr_at_1fpr": dm.tpr_at_1fpr,
+                         "tpr_at_5fpr": dm.tpr_at_5fpr,
+                         "adversary_success": float(outcomes[s.key]["test"].success.mean()),
+                         **{k: v for k, v in zero.items() if k != "threshold"},
+                         "calibrated": cal, **fitted_params[d].get(s.key, {})})
         matrix = cross_attack_matrix({s.key: {t.key: (scores[d][s.key]["natural"], scores[d][s.key]["adversarial"][t.key])
                                               for t in usable} for s in usable}) if usable else None
         cross = {"train": keys, "test": keys, **({m: matrix[m].tolist() for m in ("auc", "balanced_accuracy", "tpr_at_5fpr")}
                                                  if matrix is not None else {})}
         nat = scores[d][usable[0].key]["natural"] if usable else np.zeros(0)
-        miss = {s.key: float((scores[d][s.key]["misclassified_clean"] > 0).mean())
-                if len(scores[d][s.key]["misclassified_clean"]) else math.nan for s in usable}
-        detectors[d] = {"title": DETECTOR_TITLES[d], "same_attack": same, "cross_attack": cross,
-                        "natural_false_rejection": {s.key: float((scores[d][s.key]["natural"] > 0).mean()) for s in usable},
-                        "misclassified_clean_rejected": miss, "natural_test_examples": int(len(nat))}
+
+        def rejected(v: np.ndarray, t: float) -> float:
+            return float((v > t).mean()) if len(v) else math.nan
+
+        detectors[d] = {
+            "title": DETECTOR_TITLES[d], "same_attack": same, "cross_attack": cross,
+            "natural_false_rejection": {s.key: rejected(scores[d][s.key]["natural"], 0.0) for s in usable},
+            "natural_false_rejection_calibrated": {s.key: rejected(scores[d][s.key]["natural"], thresholds_at_fpr[d][s.key])
+                                                   for s in usable},
+            "misclassified_clean_rejected": {s.key: rejected(scores[d][s.key]["misclassified_clean"], 0.0) for s in usable},
+            "misclassified_clean_rejected_calibrated": {
+                s.key: rejected(scores[d][s.key]["misclassified_clean"], thresholds_at_fpr[d][s.key]) for s in usable},
+            "natural_test_examples": int(len(nat))}
     conf_rows = []
     for s in settings:
         adv = conf_scores["adversarial"][s.key]
@@ -303,4 +395,5 @@ def _summarise(cfg, settings, usable, outcomes, scores, conf, conf_scores, fitte
             conf_rows.append({"attack": s.key, "label": s.label, "auc": dm.auc, "tpr": dm.tpr, "fpr": dm.fpr,
                               "tpr_at_5fpr": dm.tpr_at_5fpr, "balanced_accuracy": dm.balanced_accuracy})
     return {"config": config_record(cfg), "clean": clean, "attacks": attacks, "detectors": detectors,
+            "operating_point": {"fpr": cfg.fpr, "calibrated_on": "held-out natural training images"},
             "confidence_baseline": {"threshold": float(conf.threshold_), "rows": conf_rows}}
