@@ -59,7 +59,8 @@ def _spied_run(cfg: ExperimentConfig) -> tuple[dict, dict]:
 def digits_run(digits_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     cfg = ExperimentConfig(dataset="digits", model=str(digits_checkpoint), layer="relu2", n_train=200, n_test=150,
-                           metzen_epochs=2, seed=0, out=str(out))
+                           metzen_epochs=2, seed=0, out=str(out), size_curve=[20, 60, 5000],
+                           size_curve_attacks=["deepfool-l2"])
     results, seen = _spied_run(cfg)
     return results, out, seen
 
@@ -213,6 +214,22 @@ def test_numbers_are_consistent(digits_run):
     assert max(r["auc"] for r in same.values()) > 0.7
 
 
+@pytest.mark.slow  # the whole demo experiment (digits_run)
+def test_size_curve_rows_and_report(digits_run):
+    results, out, _ = digits_run
+    curve = results["size_curve"]
+    assert [(r["n_per_class"], r["available"]) for r in curve] == [(20, True), (60, True), (5000, False)]
+    assert curve[2]["natural_available"] == results["provenance"]["natural_fit"]
+    full = next(r for r in results["detectors"]["svm-binary"]["same_attack"] if r["attack"] == "deepfool-l2")
+    for r in curve[:2]:
+        assert 0 <= r["auc"] <= 1 and 0 <= r["calibrated_tpr"] <= 1 and r["solver"] == "exact"
+    # the same-attack detector saw every example; the curve's largest point is a subset of it
+    assert curve[1]["n_per_class"] < full["train_natural"]
+    report = (out / "report.md").read_text()
+    assert "## Detection vs training-set size" in report and "n=5000" in report
+    assert (out / "figures" / "size_curve.png").stat().st_size > 1000
+
+
 def test_stratified_order_is_balanced_and_seeded():
     import torch
 
@@ -250,7 +267,8 @@ def test_an_interrupted_run_resumes_to_identical_results(digits_run, digits_chec
 
     results, _, _ = digits_run
     cfg = ExperimentConfig(dataset="digits", model=str(digits_checkpoint), layer="relu2", n_train=200, n_test=150,
-                           metzen_epochs=2, seed=0, out=str(tmp_path / "run"))
+                           metzen_epochs=2, seed=0, out=str(tmp_path / "run"), size_curve=[20, 60, 5000],
+                           size_curve_attacks=["deepfool-l2"])
     attack_chunk, calls = units_mod.attack_chunk, []
 
     def dies_on_the_fourth(*args):

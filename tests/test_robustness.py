@@ -162,6 +162,14 @@ def test_run_robustness_end_to_end(digits_checkpoint, tmp_path):
             assert r["rejected"] == 0.0
     # HopSkipJump stayed within its budget
     assert all(q["max"] <= 200 for q in doc["results"]["queries"])
+    # thresholds calibrated at 5 % FPR on 20 % of the natural fit images, held out from detector training
+    fitted = doc["results"]["fitted"]
+    cal = fitted["calibration"]
+    assert cal["fpr"] == 0.05 and set(cal["thresholds"]) == {"subnet", "det_a", "det_ens"}
+    assert cal["natural"] == round(0.2 * (cal["natural"] + fitted["natural_fit"]))
+    for k, t in cal["thresholds"].items():
+        assert doc["results"]["defences"][k]["threshold"] == t
+    assert "**Operating point**: every detector's threshold is calibrated" in report
     # the quantized detector's real path has no gradient; the BPDA surrogate does
     flags = {(f["name"], f["context"].get("defence")): f for f in res["flags"]}
     assert flags["zero_gradients_real_path", "det_a"]["triggered"]
@@ -269,3 +277,22 @@ def test_run_robustness_takes_a_module_or_its_checkpoint_alike(digits_checkpoint
     assert by_object["records"] == by_path["records"]
     assert "passed as an object" in by_object["model"]
     assert json.loads((tmp_path / "b" / "results.json").read_text())["config"]["model"] == "<SmallCNN object>"
+
+
+def test_calibration_split_is_disjoint_seeded_and_refuses_too_few():
+    from safetynet.errors import InputError
+    from safetynet.robustness import RobustnessConfig
+    from safetynet.robustness.run import _calibration_split
+
+    cfg = RobustnessConfig(dataset="digits", calibration=0.25, seed=3)
+    fit, cal = _calibration_split(200, cfg)
+    assert len(cal) == 50 and len(fit) == 150 and set(fit.tolist()).isdisjoint(cal.tolist())
+    assert sorted(fit.tolist() + cal.tolist()) == list(range(200))
+    assert torch.equal(cal, _calibration_split(200, cfg)[1])
+    assert not torch.equal(cal, _calibration_split(200, RobustnessConfig(dataset="digits", calibration=0.25, seed=4))[1])
+    with pytest.raises(InputError, match="n-fit"):
+        _calibration_split(22, cfg)
+    with pytest.raises(InputError, match="calibration"):
+        RobustnessConfig(dataset="digits", calibration=1.5).validate()
+    with pytest.raises(InputError, match="not both"):
+        RobustnessConfig(dataset="digits", gamma=0.1, sigma=2.0).validate()

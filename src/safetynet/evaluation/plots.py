@@ -190,3 +190,31 @@ def plot_success_vs_eps(series: Mapping[str, tuple[Sequence[float], Sequence[flo
     if title:
         ax.set_title(title)
     return save_figure(fig, path)
+
+
+def plot_size_curve(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
+                    title: str = "Detection vs training-set size") -> Path:
+    """AUC and calibrated TPR against examples per class, one line pair per attack (log x axis).
+
+    ``rows``: dicts with ``label``, ``n_per_class``, ``auc`` and ``calibrated_tpr``.
+    """
+    if not rows:
+        raise InputError("plot_size_curve needs at least one row")
+    fig = new_figure(5.2, 3.8)
+    ax = fig.add_subplot()
+    labels = list(dict.fromkeys(str(r["label"]) for r in rows))
+    for i, label in enumerate(labels):
+        pts = sorted((int(r["n_per_class"]), _finite01(r["auc"], "auc"), _finite01(r["calibrated_tpr"], "tpr"))
+                     for r in rows if str(r["label"]) == label)
+        n = [p[0] for p in pts]
+        ax.plot(n, [p[1] for p in pts], marker=_MARKERS[i % len(_MARKERS)], color=f"C{i % 10}", label=f"{label}: AUC")
+        ax.plot(n, [p[2] for p in pts], marker=_MARKERS[i % len(_MARKERS)], color=f"C{i % 10}", linestyle="--",
+                label=f"{label}: TPR at calibrated FPR")
+    ax.set_xscale("log")
+    ax.set_xlabel("training examples per class (natural = adversarial)")
+    ax.set_ylabel("AUC / TPR")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    return save_figure(fig, path)

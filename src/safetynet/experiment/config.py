@@ -63,7 +63,15 @@ def attack_grid(name: str) -> tuple[AttackSetting, ...]:
             AttackSetting("deepfool-top5", "DeepFool-top-5", "DeepFool-top5", "deepfool", None,
                           (("steps", 50), ("overshoot", 0.02)), top_k=5),
         )
-    raise InputError(f"unknown attack grid {name!r}; choose 'demo' or 'paper'")
+    if name == "scale":  # Figure 2's CIFAR-10 panels at the paper's scale: the settings of issue 11's targets
+        return (
+            AttackSetting("fgsm-8", "FGSM ε=8/255", "FGSM", "fgsm", 8 / 255),
+            AttackSetting("bim-linf-4", "BIM-L∞ ε=4/255", "BIM-Linf", "bim", 4 / 255, (("steps", 10), ("step_size", 1 / 255))),
+            AttackSetting("bim-linf-8", "BIM-L∞ ε=8/255", "BIM-Linf", "bim", 8 / 255, (("steps", 10), ("step_size", 2 / 255))),
+            AttackSetting("bim-l2-0.5", "BIM-L2 ε=0.5", "BIM-L2", "bim-l2", 0.5, (("steps", 10),)),
+            AttackSetting("deepfool-l2", "DeepFool-L2", "DeepFool-L2", "deepfool", None, (("steps", 50), ("overshoot", 0.02))),
+        )
+    raise InputError(f"unknown attack grid {name!r}; choose 'demo', 'paper' or 'scale'")
 
 
 @dataclass
@@ -84,8 +92,9 @@ class ExperimentConfig:
                              "POOLEDxPOOLED (not in the paper; reported beside the full codes)")
     n_train: int | None = setting(None, "clean images attacked to train the detectors (default: half the sample / 2000)")
     n_test: int | None = setting(None, "clean images attacked to test them (default: the other half / 1000)")
-    grid: Literal["demo", "paper"] | None = setting(
-        None, "attack grid: demo (one setting per attack) or paper (several eps); default demo, paper for cifar10")
+    grid: Literal["demo", "paper", "scale"] | None = setting(
+        None, "attack grid: demo (one setting per attack), paper (several eps) or scale (the five settings of "
+              "Figure 2 at full scale); default demo, paper for cifar10")
     metzen_epochs: int = setting(10, "training epochs of the Metzen et al. subnetwork")
     train_attack: str | None = setting(None, "attack highlighted in the report (the paper's Figure 2C trains on "
                                              "L-inf; default BIM-L-inf)")
@@ -107,6 +116,10 @@ class ExperimentConfig:
     ray: bool = setting(False, "run the units on Ray (a local instance; pip install ray)")
     ray_address: str | None = setting(None, "run on an existing Ray cluster (e.g. auto or ray://host:10001)")
     device: str = setting("auto", "auto (a GPU when present) | cpu | cuda")
+    size_curve: list[int] | None = setting(None, "also fit the binary-code SVM on the first N natural + N adversarial "
+                                                 "training examples for each N and report detection vs N")
+    size_curve_attacks: list[str] = setting(help="attack settings of the size curve (keys, e.g. bim-linf-4)",
+                                            factory=lambda: ["bim-linf-4", "deepfool-l2"])
     batch_size: int = setting(250, "images per forward pass")
     seed: int = setting(0, "seeds the split and the detectors")
     out: str = setting("safetynet-demo", "output folder for report.md, results.json and figures/")
@@ -139,6 +152,13 @@ class ExperimentConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
+        if self.size_curve is not None and (not self.size_curve or any(
+                isinstance(n, bool) or not isinstance(n, int) or n < 10 for n in self.size_curve)):
+            raise InputError(f"size_curve must be a list of integers >= 10 (examples per class), got {self.size_curve!r}")
+        keys = {s.key for s in attack_grid(self.grid)}
+        if self.size_curve is not None and not set(self.size_curve_attacks) <= keys:
+            raise InputError(f"size_curve_attacks {sorted(set(self.size_curve_attacks) - keys)} are not in the "
+                             f"{self.grid} grid; choose from {', '.join(sorted(keys))}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise InputError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.device == "cuda":

@@ -154,6 +154,27 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
                 "misclassified clean images rejected": both(d, "misclassified_clean_rejected")}
                for d in DETECTORS if det[d]["same_attack"]])
 
+    curve = [r for r in results.get("size_curve", []) if r["available"]]
+    if results.get("size_curve"):
+        rep.heading("Detection vs training-set size (binary codes)")
+        rep.paragraph("The binary-code SVM trained on the first n natural and n adversarial training examples "
+                      "(class-balanced prefixes), tested on the same test set; TPR at the threshold calibrated "
+                      f"at {fpr_pct} FPR on the held-out natural images.")
+        rep.table([{"attack": r["label"], "n per class": r["n_per_class"], "AUC": r["auc"], "TPR@5%FPR": r["tpr_at_5fpr"],
+                    "TPR (calibrated)": r["calibrated_tpr"], "FPR (calibrated, test)": r["calibrated_fpr"],
+                    "solver": r["solver"], "fit s": r["fit_seconds"]} for r in curve],
+                  formats={"TPR@5%FPR": PCT, "TPR (calibrated)": PCT, "FPR (calibrated, test)": PCT, "fit s": "{:.1f}"})
+        missing = [r for r in results["size_curve"] if not r["available"]]
+        if missing:
+            rep.paragraph("Not enough examples for: " + ", ".join(
+                f"{r['label']} n={r['n_per_class']} ({r['natural_available']} natural / "
+                f"{r['adversarial_available']} adversarial available)" for r in missing) + ".")
+        if curve:
+            from ..evaluation.plots import plot_size_curve
+
+            fig = plot_size_curve(curve, fig_dir / "size_curve.png")
+            rep.image(fig, "AUC vs training-set size")
+
     rep.heading("Baseline: rejection by classification confidence")
     cb = results["confidence_baseline"]
     rep.paragraph(f"Reject when the max softmax probability is below {1 - cb['threshold']:.4f} "

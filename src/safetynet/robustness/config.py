@@ -64,7 +64,14 @@ class RobustnessConfig:
     hsja_queries: int = setting(1000, "HopSkipJump query budget per image")
     hsja_steps: int = setting(40, "HopSkipJump iterations")
     extend_eps: int = setting(2, "type-II budgets are doubled up to this many times until success is 100 %")
-    target_fpr: float = setting(0.05, "operating point (false-positive rate) of the TPR table")
+    target_fpr: float = setting(0.05, "operating point: detector thresholds are calibrated at this false-positive "
+                                      "rate on held-out natural fit images (and the TPR table reads it)")
+    calibrate: bool = setting(True, "calibrate the fitted detectors' thresholds at --target-fpr (--no-calibrate: "
+                                    "the SVM's zero and the subnetwork's logit 0)")
+    calibration: float = setting(0.2, "share of the natural fit images held out to calibrate thresholds")
+    gamma: float | None = setting(None, "RBF gamma of the SafetyNet SVMs (default: cross-validated)")
+    sigma: float | None = setting(None, "the paper's sigma, instead of --gamma (default: cross-validated)")
+    C: float | None = setting(None, "SVM regularisation (default: cross-validated)", flag="--C")
     positive_class: int | None = setting(None, "binary tasks: also report the paper's F->T / T->F with this class as "
                                                "'true' (sceneproof: real)")
     headline: dict[str, float] | None = setting(None, "eps per norm for Table 4 as JSON, e.g. '{\"linf\": 0.0314}' "
@@ -130,6 +137,14 @@ class RobustnessConfig:
                 raise InputError(f"{name} must be a non-empty list of positive numbers, got {v}")
         if not 0 < self.target_fpr < 1:
             raise InputError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
+        if not 0 < self.calibration < 1:
+            raise InputError(f"calibration must be a share in (0, 1), e.g. 0.2, got {self.calibration}")
+        if self.gamma is not None and self.sigma is not None:
+            raise InputError("give --gamma or --sigma, not both (gamma = 1 / (2 sigma^2))")
+        for name in ("gamma", "sigma", "C"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise InputError(f"{name} must be a positive number, got {v!r}")
         if self.levels not in (2, 4):
             raise InputError(f"levels must be 2 or 4, got {self.levels}")
         if self.surrogate_models is not None and self.surrogate_archs is not None:

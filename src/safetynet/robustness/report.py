@@ -150,6 +150,16 @@ def write_robustness_report(out: Path, cfg: Any, results: dict[str, Any]) -> Pat
                       f"**Det ensemble**: SafetyNet on {', '.join(f'`{n}`' for n in fit['det_ens']['layers'])}, rejecting "
                       "when any layer's RBF-SVM fires (the paper's Det ABC).")
         rep.table(det_rows, formats={"gamma": "{:.4g}", "sigma": "{:.3g}", "C": "{:g}"})
+        cal = fit.get("calibration")
+        if cal:
+            rep.paragraph(
+                f"**Operating point**: every detector's threshold is calibrated to reject {cal['fpr']:.0%} of "
+                f"{cal['natural']} natural fit images held out from detector training (Tramèr et al. 2020; "
+                "Bryniarski et al. 2022); attacks aim at, and are judged by, the calibrated decision. Thresholds: "
+                + ", ".join(f"{_titles(results)[k]} {t:.4g}" for k, t in cal["thresholds"].items()) + ".")
+        else:
+            rep.paragraph("**Operating point**: the detectors' own thresholds (SVM decision value 0, subnetwork logit 0); "
+                          "not calibrated (`--no-calibrate`).")
     else:
         rep.table([{"column": d["title"], "detector": f"`{d['detector']}`", "threshold": d["threshold"]}
                    for d in results["defences"].values()])

@@ -70,7 +70,7 @@ def fit_defences(cfg: RobustnessConfig, model: nn.Module, x_nat: torch.Tensor, x
     layers_a, layers_ens = default_layers(model)
     layers_a = cfg.layers_a or layers_a
     layers_ens = cfg.layers_ensemble or layers_ens
-    params = {"random_state": cfg.seed}
+    params = {"random_state": cfg.seed, "gamma": cfg.gamma, "sigma": cfg.sigma, "C": cfg.C}
     nets = {key: SafetyNet(model, layers=layers, levels=cfg.levels, pool=cfg.pool, rule="any", detector_params=params,
                            batch_size=cfg.batch_size).fit(x_nat, x_adv)
             for key, layers in (("det_a", layers_a), ("det_ens", layers_ens))}
@@ -90,6 +90,16 @@ def fit_defences(cfg: RobustnessConfig, model: nn.Module, x_nat: torch.Tensor, x
 def _svm_info(net: Any) -> dict[str, Any]:
     return {"detectors": {n: {"gamma": d.gamma_, "sigma": d.sigma_, "C": d.C_, "support_vectors": len(d.support_vectors_),
                               "units": int(d.n_features_in_)} for n, d in net.detectors_.items()}}
+
+
+def _calibration_split(n: int, cfg: RobustnessConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit positions, calibration positions) of ``n`` natural fit images, seeded."""
+    n_cal = max(1, int(round(cfg.calibration * n)))
+    if n - n_cal < 20:
+        raise InputError(f"only {n} natural fit images: too few to fit detectors and hold {n_cal} out for calibration; "
+                         "raise --n-fit or lower --calibration")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    return perm[n_cal:].sort().values, perm[:n_cal].sort().values
 
 
 def _task(cfg: RobustnessConfig, out: Path) -> Task:
@@ -138,11 +148,20 @@ def run_robustness(cfg: RobustnessConfig, *, task: Task | None = None) -> dict[s
     if task.defences is not None:
         defences, fitted = task.defences, {"given": "the task's own defences (not refitted)"}
     else:
-        x_fit_adv, fit_ok = craft_adversarials(model, x_nat, y_nat, fit_eps, batch_size=cfg.batch_size, mask=task.mask)
+        # Natural fit images the detectors never see set their thresholds (Tramer et al. 2020's protocol).
+        fit_part, cal_part = _calibration_split(len(x_nat), cfg) if cfg.calibrate else (torch.arange(len(x_nat)), None)
+        x_fit_adv, fit_ok = craft_adversarials(model, x_nat[fit_part], y_nat[fit_part], fit_eps, batch_size=cfg.batch_size,
+                                               mask=task.mask)
         if int(fit_ok.sum()) < 10:
             raise InputError(f"BIM at fit_eps={fit_eps:g} fooled only {int(fit_ok.sum())} fit images; raise fit_eps or n_fit")
-        defences, fitted = fit_defences(cfg, model, x_nat, x_fit_adv[fit_ok])
-        fitted.update({"fit_eps_linf": fit_eps, "natural_fit": len(x_nat), "adversarial_fit": int(fit_ok.sum())})
+        defences, fitted = fit_defences(cfg, model, x_nat[fit_part], x_fit_adv[fit_ok])
+        fitted.update({"fit_eps_linf": fit_eps, "natural_fit": len(fit_part), "adversarial_fit": int(fit_ok.sum())})
+        if cal_part is not None:
+            for d in defences.values():
+                if d.detector is not None:
+                    d.calibrate(x_nat[cal_part], cfg.target_fpr)
+            fitted["calibration"] = {"natural": len(cal_part), "fpr": cfg.target_fpr,
+                                     "thresholds": {k: d.threshold for k, d in defences.items() if d.detector is not None}}
     timings["fit defences"] = round(time.time() - t0, 2)
 
     surrogates = SurrogatePool(_surrogate_specs(cfg, task), x_nat=x_nat, y_nat=y_nat, x_test=task.test_x,
