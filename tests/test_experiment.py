@@ -258,6 +258,8 @@ def _comparable(results: dict) -> dict:
     r["config"] = {k: v for k, v in r["config"].items() if k not in ("out", "cache", "workers", "ray", "ray_address")}
     for a in r["attacks"]:
         a.pop("seconds")
+    for row in r.get("size_curve", []):
+        row.pop("fit_seconds", None)
     return r
 
 
