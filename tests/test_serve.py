@@ -96,6 +96,24 @@ def test_verdict_equals_verify_on_the_same_files(service, bundle, name):
     assert doc["depth_sha256"] == hashlib.sha256(depth.read_bytes()).hexdigest()
 
 
+def test_any_bundle_can_be_served(tmp_path):
+    """--model: a copy of the shipped bundle whose real threshold is 1 makes every accepted pair fake; the
+    service reports that bundle's own sha256 and id."""
+    import shutil
+
+    model = tmp_path / "strict-bundle"
+    shutil.copytree(default_model_dir(), model)
+    doc = json.loads((model / "sceneproof.json").read_text())
+    (model / "sceneproof.json").write_text(json.dumps({**doc, "real_threshold": 1.0}))
+    app = create_app(ServeConfig(audit_db=str(tmp_path / "a.sqlite3"), model=str(model)))
+    try:
+        r = post(app, files_of(*pair("7scenes-jpg"))).json()
+        assert r["verdict"] == "fake" and r["real_threshold"] == 1.0 and r["model_id"] == "strict-bundle"
+        assert r["model_sha256"] == bundle_sha256(model) != bundle_sha256(default_model_dir())
+    finally:
+        app.state.service.close()
+
+
 def test_pinned_real_capture_is_real(service):
     """The capture tests/test_verify_cli.py pins as real stays real through the service."""
     r = post(service, files_of(*pair("7scenes-jpg")))
@@ -442,3 +460,45 @@ def test_serve_command_flags_and_bad_settings(tmp_path, capsys):
         assert main(["serve", *argv]) == EXIT_BAD_INPUT
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
+
+
+def test_audit_logs_opened_together_share_one_file(tmp_path):
+    """Workers open the log at the same moment and append to it concurrently: no lock error, no lost row."""
+    import threading
+
+    from safetynet.serve.audit import AuditLog, AuditRecord
+
+    path, errors = tmp_path / "shared.sqlite3", []
+    start = threading.Barrier(6)
+
+    def worker(k: int) -> None:
+        try:
+            start.wait()
+            log = AuditLog(path)
+            for i in range(20):
+                log.record(AuditRecord(request_id=f"{k}-{i}", status=200, model_sha256="m"))
+            log.close()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(r["request_id"] for r in read_log(path)) == sorted(f"{k}-{i}" for k in range(6) for i in range(20))
+
+
+def test_audit_log_of_another_schema_is_refused(tmp_path):
+    from safetynet.errors import InputError
+    from safetynet.serve.audit import AuditLog
+
+    db = sqlite3.connect(tmp_path / "old.sqlite3")
+    db.execute("PRAGMA user_version=7")
+    db.close()
+    with pytest.raises(InputError, match="schema version 7"):
+        AuditLog(tmp_path / "old.sqlite3")
+    (tmp_path / "junk.sqlite3").write_bytes(b"not a database" * 100)
+    with pytest.raises(InputError, match="--audit-db"):
+        AuditLog(tmp_path / "junk.sqlite3")

@@ -127,14 +127,17 @@ def test_audit_log_survives_sigkill_mid_request(tmp_path):
     db = sqlite3.connect(tmp_path / "audit.sqlite3")  # reopening replays the WAL, as after any crash
     try:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        rows = {rid: (status, verdict) for rid, status, verdict in
-                db.execute("SELECT request_id, status, verdict FROM requests")}
+        rows, scores = {}, {}
+        for rid, status, verdict, score in db.execute("SELECT request_id, status, verdict, real_score FROM requests"):
+            rows[rid], scores[rid] = (status, verdict), score
     finally:
         db.close()
     lost = [rid for rid in done if rid not in rows]
     assert not lost, f"{len(lost)} of {len(done)} answered requests are missing from the audit log"
     assert all(rows[rid][0] == 200 for rid in done)  # logged as answered, with the verdict the client got
     assert {rows[rid][1] for rid in done} <= {"real", "fake", "rejected (adversarial)"}
+    # one pair, two workers, four clients at once: one answer
+    assert len({(rows[rid][1], scores[rid]) for rid in done}) == 1
 
 
 def _readme_line(prefix: str) -> str:

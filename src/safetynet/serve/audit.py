@@ -100,7 +100,9 @@ class AuditLog:
             if version not in (0, SCHEMA_VERSION):
                 raise InputError(f"audit log {self.path} has schema version {version}; this safetynet writes "
                                  f"{SCHEMA_VERSION}: pass another --audit-db")
-            self._db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+            # IMMEDIATE takes the write lock first: workers starting together wait for each other (busy
+            # timeout) instead of deadlocking on a read-then-write upgrade.
+            self._db.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
         except sqlite3.DatabaseError as e:
             raise InputError(f"cannot open the audit log {self.path} ({e}); pass a writable SQLite file as "
                              "--audit-db") from None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-#: The fields of POST /v1/verify: name -> (file?, largest size in bytes for a text field).
+#: The fields of POST /v1/verify: name -> is it a file (text fields are at most MAX_TEXT_FIELD bytes).
 FIELDS = {"image": True, "depth": True, "calib": True, "depth_scale": False, "depth_format": False}
 REQUIRED = ("image", "depth")
 MAX_TEXT_FIELD = 64 * 1024  # calib.txt is a few hundred bytes; depth_scale a number
