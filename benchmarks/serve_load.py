@@ -43,8 +43,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and all its descendants (uvicorn's worker processes), in MB."""
+def tree_memory_mb(pid: int) -> dict[str, float]:
+    """Memory of ``pid`` and all its descendants (uvicorn's worker processes), in MB: ``rss`` (resident;
+    counts the pages of torch's shared libraries once per process) and ``pss`` (each shared page split
+    between the processes that map it: what the server really costs the machine)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -53,17 +55,19 @@ def tree_rss_mb(pid: int) -> float:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [pid]
+    total = {"rss": 0, "pss": 0}
+    todo = [pid]
     while todo:
         p = todo.pop()
         todo += children.get(p, [])
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                key = line.split(":")[0].lower()
+                if key in total:
+                    total[key] += int(line.split()[1])
         except OSError:
             pass
-    return round(total / 1024, 1)
+    return {k: round(v / 1024, 1) for k, v in total.items()}
 
 
 def start(workers: int, tmp: Path) -> tuple[subprocess.Popen, str]:
@@ -126,12 +130,16 @@ async def load(url: str, files: dict, clients: int, n: int, max_seconds: float) 
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         wall = time.perf_counter() - start
+    return summary(clients, n, latencies, errors, bool(pending), wall)
+
+
+def summary(clients: int, n: int, latencies: list[float], errors: int, stopped_early: bool, wall: float) -> dict:
     lat = np.asarray(latencies) * 1000
     pct = (lambda q: round(float(np.percentile(lat, q)), 1)) if lat.size else (lambda q: None)
     return {"clients": clients, "requested": n, "completed": len(latencies), "errors": errors,
-            "stopped_early": bool(pending), "seconds": round(wall, 2),
+            "stopped_early": stopped_early, "seconds": round(wall, 2),
             "requests_per_s": round(len(latencies) / wall, 2), "p50_ms": pct(50), "p95_ms": pct(95),
-            "p99_ms": pct(99)}
+            "p99_ms": pct(99), "_latencies": latencies}
 
 
 def main() -> None:
@@ -155,14 +163,23 @@ def main() -> None:
             proc, url = start(workers, Path(tmp))
             try:
                 asyncio.run(load(url, files, min(workers, 2), args.warmup, args.max_seconds))
-                rss_before = tree_rss_mb(proc.pid)
-                mem = asyncio.run(load(url, files, 8, args.memory_requests, args.max_seconds))
-                rss_after = tree_rss_mb(proc.pid)
-                run = {"workers": workers, "rss_mb_before": rss_before, "rss_mb_after": rss_after,
-                       "memory_run": mem, "cells": []}
+                # the memory run in 4 quarters: growth that stops is warm-up (allocator arenas,
+                # buffers), growth that goes on is a leak
+                trace = [{"after_requests": 0, **tree_memory_mb(proc.pid)}]
+                lat, errors, wall, early = [], 0, 0.0, False
+                quarter = args.memory_requests // 4
+                for k in range(1, 5):
+                    part = asyncio.run(load(url, files, 8, quarter, args.max_seconds))
+                    lat += part.pop("_latencies")
+                    errors, wall, early = errors + part["errors"], wall + part["seconds"], early or part["stopped_early"]
+                    trace.append({"after_requests": k * quarter, **tree_memory_mb(proc.pid)})
+                mem = summary(8, 4 * quarter, lat, errors, early, wall)
+                mem.pop("_latencies")
+                run = {"workers": workers, "memory_mb": trace, "memory_run": mem, "cells": []}
                 print(json.dumps({k: v for k, v in run.items() if k != "cells"}), flush=True)
                 for clients in args.clients:
                     cell = asyncio.run(load(url, files, clients, args.requests, args.max_seconds))
+                    cell.pop("_latencies")
                     print(json.dumps({"workers": workers, **cell}), flush=True)
                     run["cells"].append(cell)
                 results["runs"].append(run)

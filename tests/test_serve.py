@@ -456,7 +456,8 @@ def test_serve_command_flags_and_bad_settings(tmp_path, capsys):
     assert {"--host", "--port", "--workers", "--model", "--audit-db", "--keep-uploads", "--max-upload-mb",
             "--max-pixels", "--timeout", "--threads", "--seed", "--json"} <= flags
     for argv, needle in ((["--workers", "0"], "--workers"), (["--timeout", "-1"], "--timeout"),
-                         (["--model", str(tmp_path / "none"), "--port", "0"], "sceneproof.json")):
+                         (["--model", str(tmp_path / "none"), "--port", "0"], "sceneproof.json"),
+                         (["--model", str(tmp_path / "none"), "--workers", "2"], "sceneproof.json")):
         assert main(["serve", *argv]) == EXIT_BAD_INPUT
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err

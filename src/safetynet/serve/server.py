@@ -21,10 +21,40 @@ log = logging.getLogger("safetynet.serve")
 
 def app_from_environment():  # noqa: ANN201 - returns a FastAPI app; fastapi is imported lazily
     """uvicorn's app factory in every worker: settings from ``$SAFETYNET_SERVE_SETTINGS`` (JSON)."""
+    return app_from_settings_json(os.environ.get(SETTINGS_ENV) or "{}")
+
+
+def _build_and_close(settings_json: str) -> str | None:
+    """Build the app once (model, audit log) and close it; the one-line error if that fails."""
+    from ..errors import SafetyNetError
+
+    try:
+        app_from_settings_json(settings_json).state.service.close()
+    except SafetyNetError as e:
+        return str(e)
+    return None
+
+
+def app_from_settings_json(settings_json: str):  # noqa: ANN201 - a FastAPI app
+    """The app for settings given as the JSON of a :class:`ServeConfig` (``{}``: the defaults)."""
     from .app import create_app
 
-    raw = os.environ.get(SETTINGS_ENV)
-    return create_app(ServeConfig(**json.loads(raw)) if raw else ServeConfig())
+    return create_app(ServeConfig(**json.loads(settings_json)))
+
+
+def _check_settings(settings_json: str) -> None:
+    """With several workers, a bad --model or --audit-db must fail once, now, with a one-line error, not
+    in every worker inside uvicorn. Checked in a short-lived process: the model it loads must not stay in
+    uvicorn's supervisor process for the server's lifetime (a third copy of torch and the model)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ..errors import InputError
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        error = pool.submit(_build_and_close, settings_json).result()
+    if error is not None:
+        raise InputError(error)
 
 
 def serve(cfg: ServeConfig) -> dict[str, Any]:
@@ -38,10 +68,8 @@ def serve(cfg: ServeConfig) -> dict[str, Any]:
     # Worker processes are fresh interpreters: torch takes its thread count from OMP_NUM_THREADS,
     # so they run with the --threads the CLI set in this one.
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(torch.get_num_threads())
-    # Build one app here first: a bad --model or --audit-db fails now, with a one-line error,
-    # not once per worker inside uvicorn.
     if cfg.workers > 1:
-        app_from_environment().state.service.close()
+        _check_settings(os.environ[SETTINGS_ENV])
     log.warning("SceneProof service on http://%s:%d/ (%d worker%s); audit log %s", cfg.host, cfg.port, cfg.workers,
                 "s" if cfg.workers > 1 else "", cfg.audit_db)
     if cfg.workers == 1:
@@ -53,4 +81,4 @@ def serve(cfg: ServeConfig) -> dict[str, Any]:
     return {"url": f"http://{cfg.host}:{cfg.port}/", "workers": cfg.workers, "audit_db": cfg.audit_db}
 
 
-__all__ = ["SETTINGS_ENV", "app_from_environment", "serve"]
+__all__ = ["SETTINGS_ENV", "app_from_environment", "app_from_settings_json", "serve"]
