@@ -7,6 +7,7 @@ loads the model once, for that process.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -70,14 +71,18 @@ def serve(cfg: ServeConfig) -> dict[str, Any]:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(torch.get_num_threads())
     if cfg.workers > 1:
         _check_settings(os.environ[SETTINGS_ENV])
+    # uvicorn logs requests to stdout; stdout belongs to the command's own output (--json)
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
     log.warning("SceneProof service on http://%s:%d/ (%d worker%s); audit log %s", cfg.host, cfg.port, cfg.workers,
                 "s" if cfg.workers > 1 else "", cfg.audit_db)
     if cfg.workers == 1:
-        uvicorn.run(app_from_environment(), host=cfg.host, port=cfg.port, log_level="info",
+        uvicorn.run(app_from_environment(), host=cfg.host, port=cfg.port, log_level="info", log_config=log_config,
                     timeout_graceful_shutdown=int(cfg.timeout) + 1)
     else:
         uvicorn.run("safetynet.serve.server:app_from_environment", factory=True, host=cfg.host, port=cfg.port,
-                    workers=cfg.workers, log_level="info", timeout_graceful_shutdown=int(cfg.timeout) + 1)
+                    workers=cfg.workers, log_level="info", log_config=log_config,
+                    timeout_graceful_shutdown=int(cfg.timeout) + 1)
     return {"url": f"http://{cfg.host}:{cfg.port}/", "workers": cfg.workers, "audit_db": cfg.audit_db}
 
 
