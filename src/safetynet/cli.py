@@ -134,6 +134,21 @@ def _sceneproof_evaluate(cfg) -> Outcome:
     return Outcome({"report": str(Path(cfg.out) / "report.md"), "seconds": results["seconds"]})
 
 
+def _serve(cfg) -> Outcome:
+    import importlib.util
+
+    from .errors import InputError
+
+    # fastapi, uvicorn and python-multipart are the optional "serve" extra, not runtime dependencies.
+    missing = [m for m in ("fastapi", "uvicorn", "python_multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(f"safetynet serve needs {', '.join(missing)}; install the serve extra: "
+                         "pip install \"safetynet[serve]\"")
+    from .serve.server import serve
+
+    return Outcome(serve(cfg))
+
+
 GROUPS = {"data": "download CIFAR-10 (explicit, needs a network) or describe a data set",
           "sceneproof": "SceneProof: tell real RGB-D captures from fakes (train, evaluate, verify)"}
 
@@ -154,6 +169,8 @@ COMMANDS = (
             "sceneproof.train:SceneProofConfig", _sceneproof_train),
     Command(("sceneproof", "evaluate"), "the paper's SceneProof Tables 1-4 and held-out captures: report.md + "
             "results.json", "sceneproof.evaluate_config:EvaluateConfig", _sceneproof_evaluate),
+    Command(("serve",), "SceneProof as an HTTP service + web page (POST /v1/verify, GET /, audit log); "
+            "Ctrl-C stops it", "serve.config:ServeConfig", _serve),
     Command(("robustness",), "attack the detectors (type I/II, adaptive, black box) and write a Table-4 report",
             "robustness.config:RobustnessConfig", _robustness),
 )

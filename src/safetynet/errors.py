@@ -15,3 +15,7 @@ class DataError(SafetyNetError, OSError):
 
 class CheckpointError(SafetyNetError, OSError):
     """A checkpoint is missing, corrupt, or does not match the model it claims to be."""
+
+
+class LimitError(InputError):
+    """An input is larger than a configured limit (bytes, pixels); the message names the limit and the fix."""

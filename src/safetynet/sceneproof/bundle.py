@@ -8,6 +8,7 @@ transfer attacks) and ``depth_regressor.safetensors`` (makes the ``predicted_dep
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -32,6 +33,22 @@ BUNDLE_JSON = "sceneproof.json"
 def default_model_dir() -> Path:
     """The shipped bundle inside the installed package."""
     return Path(__file__).resolve().parent.parent / "weights" / "sceneproof"
+
+
+def bundle_sha256(directory: str | os.PathLike[str] | None = None) -> str:
+    """One sha256 for a whole bundle folder (default: the shipped one), files in byte order of their paths.
+
+    It is the sha256 of the ``sha256sum`` manifest of the folder, so anyone can recompute it:
+    ``cd BUNDLE && find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs sha256sum | sha256sum``.
+    """
+    from .._io import sha256_file
+
+    root = Path(directory) if directory is not None else default_model_dir()
+    files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix().encode())
+    if not files:
+        raise CheckpointError(f"{root} holds no files; it is not a SceneProof bundle")
+    manifest = "".join(f"{sha256_file(p)}  {p.relative_to(root).as_posix()}\n" for p in files)
+    return hashlib.sha256(manifest.encode()).hexdigest()
 
 
 @dataclass
@@ -210,4 +227,4 @@ def _jsonable(obj: Any) -> Any:
     return to_jsonable(obj)
 
 
-__all__ = ["BUNDLE_JSON", "PatchAnalysis", "SceneProof", "ThresholdedDetector", "default_model_dir"]
+__all__ = ["BUNDLE_JSON", "PatchAnalysis", "SceneProof", "ThresholdedDetector", "bundle_sha256", "default_model_dir"]

@@ -185,6 +185,57 @@ def verify_frames(bundle: SceneProof, frames: FrameSet, *, reject_fraction: floa
     return out
 
 
+def check_depth_scale(depth_scale: float | None, label: str = "--depth-scale") -> None:
+    """``depth_scale`` must be None or a positive, finite number (``label`` names it in the message)."""
+    if depth_scale is not None and (isinstance(depth_scale, bool) or not isinstance(depth_scale, (int, float))
+                                    or not np.isfinite(depth_scale) or depth_scale <= 0):
+        raise InputError(f"{label} must be a positive number of stored units per metre (1000 for millimetres), "
+                         f"got {depth_scale!r}")
+
+
+def verify_arrays(bundle: SceneProof, image: np.ndarray, depth: np.ndarray, valid: np.ndarray, *,
+                  image_name: str = "image", depth_name: str = "depth") -> Verdict:
+    """Verify one decoded pair: image uint8 (H, W, 3), depth float metres (H, W), valid bool (H, W).
+
+    The one path behind :func:`verify` (files), :func:`verify_bytes` and the HTTP service; the
+    names only label error messages.
+    """
+    from ..data.rgbd.frame import make_frame
+    from ..errors import DataError
+
+    if depth.shape != image.shape[:2]:
+        raise DataError(f"image {image_name} is {image.shape[1]}x{image.shape[0]} but depth {depth_name} is "
+                        f"{depth.shape[1]}x{depth.shape[0]}; give the depth map registered to this image, at its size")
+    frame = make_frame(image, depth, valid, source=f"{image_name}|{depth_name}")
+    image_t, depth_t, valid_t = prepare_frames(bundle, frame.image[None], frame.depth[None], frame.valid[None])
+    fs = FrameSet(image_t, depth_t, valid_t, ["input"], [frame.source])
+    v = verify_frames(bundle, fs)[0]
+    v.image_size = (frame.height, frame.width)
+    return v
+
+
+def verify_bytes(image: bytes, depth: bytes, bundle: SceneProof, depth_scale: float | None = None, *,
+                 image_name: str = "image", depth_name: str = "depth", depth_format: str | None = None,
+                 calib: str | None = None, max_pixels: int | None = None,
+                 image_formats: Sequence[str] | None = None, depth_scale_label: str = "depth_scale",
+                 missing_calib: str = "was not given; pass it as calib") -> Verdict:
+    """Verify a pair held in memory (e.g. an upload): no temporary file is written.
+
+    ``depth_name``'s suffix picks the depth format unless ``depth_format`` is given (else it is
+    sniffed from the bytes); ``calib`` is the text of a Middlebury ``calib.txt`` for PFM
+    disparity; ``max_pixels`` refuses either picture, from its header, before it is decoded
+    (:class:`~safetynet.errors.LimitError`); ``image_formats`` restricts the image decoders
+    (e.g. ``("PNG", "JPEG")``).
+    """
+    from ..data.rgbd.formats import depth_from_bytes, image_from_bytes
+
+    check_depth_scale(depth_scale, depth_scale_label)
+    img = image_from_bytes(image, image_name, max_pixels=max_pixels, formats=image_formats)
+    dep, valid = depth_from_bytes(depth, depth_name, depth_scale, format=depth_format, calib=calib,
+                              max_pixels=max_pixels, missing_calib=missing_calib)
+    return verify_arrays(bundle, img, dep, valid, image_name=image_name, depth_name=depth_name)
+
+
 def verify(image_path: str | os.PathLike[str], depth_path: str | os.PathLike[str],
            model_dir: str | os.PathLike[str] | None = None, depth_scale: float | None = None, *,
            depth_format: str | None = None, bundle: SceneProof | None = None) -> Verdict:
@@ -194,24 +245,12 @@ def verify(image_path: str | os.PathLike[str], depth_path: str | os.PathLike[str
     not used for PFM); ``model_dir`` defaults to the shipped bundle.
     """
     from ..data.rgbd.formats import read_depth_array, read_image
-    from ..data.rgbd.frame import make_frame
-    from ..errors import DataError
 
-    if depth_scale is not None and (isinstance(depth_scale, bool) or not isinstance(depth_scale, (int, float))
-                                    or not np.isfinite(depth_scale) or depth_scale <= 0):
-        raise InputError(f"--depth-scale must be a positive number of stored units per metre, got {depth_scale!r}")
+    check_depth_scale(depth_scale)
     bundle = bundle if bundle is not None else SceneProof.load(model_dir)
-    img = read_image(image_path)
+    img = read_image(image_path)  # the same decoders as verify_bytes, on the file's bytes
     depth, valid = read_depth_array(depth_path, depth_scale, format=depth_format)
-    if depth.shape != img.shape[:2]:
-        raise DataError(f"image {image_path} is {img.shape[1]}x{img.shape[0]} but depth {depth_path} is "
-                        f"{depth.shape[1]}x{depth.shape[0]}; give the depth map registered to this image, at its size")
-    frame = make_frame(img, depth, valid, source=f"{image_path}|{depth_path}")
-    image, depth, valid = prepare_frames(bundle, frame.image[None], frame.depth[None], frame.valid[None])
-    fs = FrameSet(image, depth, valid, ["input"], [frame.source])
-    v = verify_frames(bundle, fs)[0]
-    v.image_size = (frame.height, frame.width)
-    return v
+    return verify_arrays(bundle, img, depth, valid, image_name=str(image_path), depth_name=str(depth_path))
 
 
 def calibrate_real_threshold(real_scores: Sequence[float], fake_scores: Sequence[float]) -> tuple[float, float]:
@@ -235,5 +274,5 @@ def calibrate_real_threshold(real_scores: Sequence[float], fake_scores: Sequence
 
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_CODES", "EXIT_FAKE", "EXIT_REAL", "EXIT_REJECTED", "FAKE_VERDICT", "REAL_VERDICT", "REJECTED_VERDICT", "Verdict", "VerifyConfig",
-           "calibrate_real_threshold", "crop_to_aspect", "decide", "frame_evidence", "prepare_frames", "verify",
-           "verify_frames"]
+           "calibrate_real_threshold", "check_depth_scale", "crop_to_aspect", "decide", "frame_evidence",
+           "prepare_frames", "verify", "verify_arrays", "verify_bytes", "verify_frames"]
