@@ -13,6 +13,11 @@ from the training codes. When ``gamma``/``sigma`` or ``C`` are not given, ``fit`
 stratified cross-validation (ROC AUC) on a log grid, with gamma scaled by the median squared
 distance between training codes: ``gamma * median = 1`` is the widest kernel tried and
 ``gamma * median = 64`` (a typical pair of codes is ``exp(-64)`` apart) the narrowest.
+
+Up to 8,000 codes the SVM is solved exactly (libsvm on the precomputed kernel); above that,
+``solver="auto"`` uses Nyström features + a linear SVM (:mod:`safetynet.detectors.nystroem`), whose
+model folds back into the same RBF expansion over ``n_components`` landmark codes, so scoring,
+persistence and the attacks that differentiate the detector are unchanged.
 """
 
 from __future__ import annotations
@@ -27,12 +32,13 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 from sklearn.svm import SVC
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..errors import CheckpointError, InputError
 from .kernel import CodeRBFKernel, squared_distances
+from .nystroem import LANDMARK_METHODS, fit_nystroem_svm
 from .persistence import ENCODING, _json_safe, _need, bits_for, pack_codes, read_state, unpack_codes, write_state
 
 #: Default grid: gamma in multiples of 1 / (median squared code distance), and C.
@@ -61,6 +67,11 @@ def check_codes(X: np.ndarray, levels: int | None, owner: str = "CodeSVMDetector
 
 #: Largest training set fitted through a precomputed kernel (8,000^2 float64 = 512 MB).
 _PRECOMPUTED_MAX = 8000
+#: solver="auto" is exact up to this many training codes, Nyström above. Its own name so tests can
+#: move the precomputed-kernel limit alone.
+_AUTO_EXACT_MAX = _PRECOMPUTED_MAX
+#: Nyström landmarks by default (measured in benchmarks/README.md, "SVM training at scale").
+DEFAULT_N_COMPONENTS = 4096
 
 
 class _DistanceSVC(ClassifierMixin, BaseEstimator):
@@ -118,7 +129,16 @@ class CodeSVMDetector(ClassifierMixin, BaseEstimator):
         The selection runs on a stratified subset of at most this many codes; the final SVM is
         then trained on all (up to ``max_train``) codes.
     random_state : int or None, default=None
-        Seeds the subsets and the fold split.
+        Seeds the subsets, the fold split and the Nyström landmarks.
+    solver : {"auto", "exact", "nystroem"}, default="auto"
+        ``"exact"``: libsvm (on the precomputed kernel up to 8,000 codes, memory ~8 N^2 bytes;
+        libsvm's own RBF kernel beyond, time ~N^2). ``"nystroem"``: Nyström features + linear SVM,
+        time and memory linear in N (see :mod:`safetynet.detectors.nystroem`). ``"auto"``: exact
+        up to 8,000 training codes, Nyström above.
+    n_components : int, default=4096
+        Nyström landmarks (at most the number of training codes). Memory ~24 N n_components bytes.
+    landmarks : {"stratified", "uniform", "kmeans++"}, default="stratified"
+        How the Nyström landmarks are drawn from the training codes.
 
     Attributes
     ----------
@@ -131,6 +151,8 @@ class CodeSVMDetector(ClassifierMixin, BaseEstimator):
     classes_ : ndarray (2,)
     n_features_in_ : int
     cv_results_ : dict or None, GridSearchCV results when a selection ran
+    solver_ : str, ``"exact"`` or ``"nystroem"``, the solver that ran
+    n_components_ : int or None, Nyström landmarks used (None for the exact solver)
     """
 
     _parameter_constraints: dict = {
@@ -143,11 +165,15 @@ class CodeSVMDetector(ClassifierMixin, BaseEstimator):
         "max_train": [Interval(Integral, 2, None, closed="left"), None],
         "max_cv_samples": [Interval(Integral, 2, None, closed="left")],
         "random_state": ["random_state"],
+        "solver": [StrOptions({"auto", "exact", "nystroem"})],
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "landmarks": [StrOptions(set(LANDMARK_METHODS))],
     }
 
     def __init__(self, gamma: float | None = None, C: float | None = None, sigma: float | None = None,
                  levels: int | None = None, param_grid: dict | None = None, cv: int = 3,
-                 max_train: int | None = None, max_cv_samples: int = 3000, random_state: int | None = None) -> None:
+                 max_train: int | None = None, max_cv_samples: int = 3000, random_state: int | None = None,
+                 solver: str = "auto", n_components: int = DEFAULT_N_COMPONENTS, landmarks: str = "stratified") -> None:
         self.gamma = gamma
         self.C = C
         self.sigma = sigma
@@ -157,6 +183,9 @@ class CodeSVMDetector(ClassifierMixin, BaseEstimator):
         self.max_train = max_train
         self.max_cv_samples = max_cv_samples
         self.random_state = random_state
+        self.solver = solver
+        self.n_components = n_components
+        self.landmarks = landmarks
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -195,6 +224,10 @@ class CodeSVMDetector(ClassifierMixin, BaseEstimator):
         if gamma is None or C is None or self.param_grid:
             gamma, C = self._select(X, y, gamma, C)
 
+        solver = self.solver if self.solver != "auto" else ("exact" if X.shape[0] <= _AUTO_EXACT_MAX else "nystroem")
+        if solver == "nystroem":
+            self._fit_nystroem(X, y, float(gamma), float(C), levels)
+            return self
         if X.shape[0] <= _PRECOMPUTED_MAX:
             # Same problem as SVC(kernel="rbf"), but the kernel comes from exact integer code
             # distances (one int matrix product) instead of libsvm's float64 loop over all d
@@ -211,8 +244,22 @@ class CodeSVMDetector(ClassifierMixin, BaseEstimator):
         self.intercept_ = np.asarray(svc.intercept_, dtype=np.float64).reshape(1).copy()
         self.n_support_ = np.asarray(svc.n_support_, dtype=np.int32).copy()
         self.gamma_, self.C_, self.levels_ = float(gamma), float(C), levels
+        self.solver_, self.n_components_ = "exact", None
         self._build_kernel()
         return self
+
+    def _fit_nystroem(self, X: np.ndarray, y: np.ndarray, gamma: float, C: float, levels: int) -> None:
+        # random_state as given (int or None): the landmarks are a function of the seed alone
+        res = fit_nystroem_svm(X, y, gamma, C, n_components=self.n_components, landmarks=self.landmarks,
+                               random_state=self.random_state)
+        self.classes_ = res.classes
+        self.support_vectors_ = res.support_vectors
+        self.dual_coef_ = res.dual_coef
+        self.intercept_ = res.intercept
+        self.n_support_ = res.n_support
+        self.gamma_, self.C_, self.levels_ = gamma, C, levels
+        self.solver_, self.n_components_ = "nystroem", int(res.support_vectors.shape[0])
+        self._build_kernel()
 
     @staticmethod
     def _subset(X: np.ndarray, y: np.ndarray, n: int, random_state: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -327,6 +374,7 @@ def detector_state(detector: Any, prefix: str = "") -> tuple[dict[str, np.ndarra
         "gamma": detector.gamma_, "C": detector.C_, "levels": int(detector.levels_),
         "n_features": int(detector.n_features_in_), "n_support": int(detector.support_vectors_.shape[0]),
         "encoding": ENCODING, "classes_dtype": str(classes.dtype),
+        "solver": getattr(detector, "solver_", "exact"), "n_components": getattr(detector, "n_components_", None),
         "params": _json_safe(detector.get_params()),
     }
     return arrays, meta
@@ -340,12 +388,17 @@ def detector_from_state(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any
         gamma, C, encoding = float(meta["gamma"]), float(meta["C"]), meta["encoding"]
         params = dict(meta.get("params") or {})
         classes_dtype = np.dtype(meta.get("classes_dtype", "float64"))
+        # detectors saved before the Nyström solver existed were all fitted exactly
+        solver, n_components = meta.get("solver", "exact"), meta.get("n_components")
+        n_components = None if n_components is None else int(n_components)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: metadata is missing or has a bad field ({e}); re-save the detector") from None
     if kind != "CodeSVMDetector":
         raise CheckpointError(f"{where} holds a {kind!r}, not a CodeSVMDetector")
     if encoding != ENCODING:
         raise CheckpointError(f"{where} uses code encoding {encoding!r}; this version reads {ENCODING!r}")
+    if solver not in ("exact", "nystroem"):
+        raise CheckpointError(f"{where}: unknown solver {solver!r} in the metadata; re-save the detector")
     if not (2 <= levels <= 256 and d > 0 and n_sv > 0 and gamma > 0 and math.isfinite(gamma) and C > 0):
         raise CheckpointError(f"{where}: invalid metadata values (levels={levels}, n_features={d}, "
                               f"n_support={n_sv}, gamma={gamma}, C={C})")
@@ -371,6 +424,7 @@ def detector_from_state(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any
     det.n_features_in_ = d
     det.n_support_ = n_support.copy()
     det.cv_results_ = None
+    det.solver_, det.n_components_ = solver, n_components
     det._build_kernel()
     return det
 
@@ -389,5 +443,5 @@ def load_detector(directory: str | os.PathLike[str]) -> Any:
     return detector_from_state(arrays, meta, where=str(Path(directory) / "detector.safetensors"))
 
 
-__all__ = ["C_GRID", "DETECTOR_FORMAT", "DETECTOR_VERSION", "CodeSVMDetector", "GAMMA_MULTIPLIERS", "check_codes",
+__all__ = ["C_GRID", "DEFAULT_N_COMPONENTS", "DETECTOR_FORMAT", "DETECTOR_VERSION", "CodeSVMDetector", "GAMMA_MULTIPLIERS", "check_codes",
            "detector_from_state", "detector_state", "load_detector", "save_detector"]
