@@ -61,6 +61,23 @@ def test_kernel_scores_match_direct_formula(levels, d, gamma):
     assert (k._lut is None) == (levels == 250)
 
 
+@pytest.mark.parametrize("int8_pays", [True, False])
+def test_every_kernel_path_is_exact(int8_pays, monkeypatch):
+    """The int8 product is used only where it is faster (a probe per process); both paths give the same exact scores."""
+    from safetynet.detectors import kernel as kernel_mod
+
+    if int8_pays and not kernel_mod._int_mm_available():
+        pytest.skip("torch._int_mm is not available in this torch build")
+    monkeypatch.setattr(kernel_mod, "_HAS_INT_MM", int8_pays)
+    X, _ = make_codes(60, 300, levels=4)
+    sv, alpha = X[:15], np.linspace(-1, 1, 15)
+    k = CodeRBFKernel(sv, alpha, -0.5, 0.01, chunk_size=8)
+    assert k._mode(3) == ("int8" if int8_pays else "float32")
+    np.testing.assert_array_equal(k.squared_distances(X), cdist(X, sv, "sqeuclidean"))
+    np.testing.assert_allclose(k.decision_function(X), np.exp(-0.01 * cdist(X, sv, "sqeuclidean")) @ alpha - 0.5,
+                               rtol=0, atol=1e-12)
+
+
 # -- detector vs sklearn ---------------------------------------------------------------------------
 @pytest.mark.parametrize("levels", [2, 4])
 @pytest.mark.parametrize("fixed", [True, False])
