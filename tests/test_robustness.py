@@ -165,10 +165,17 @@ def test_run_robustness_end_to_end(digits_checkpoint, tmp_path):
     # thresholds calibrated at 5 % FPR on 20 % of the natural fit images, held out from detector training
     fitted = doc["results"]["fitted"]
     cal = fitted["calibration"]
-    assert cal["fpr"] == 0.05 and set(cal["thresholds"]) == {"subnet", "det_a", "det_ens"}
+    assert cal["fpr"] == 0.05
     assert cal["natural"] == round(0.2 * (cal["natural"] + fitted["natural_fit"]))
     for k, t in cal["thresholds"].items():
         assert doc["results"]["defences"][k]["threshold"] == t
+    assert set(cal["thresholds"]) == {"subnet", "det_a", "det_a_narrow", "det_ens"}
+    # the narrow column: gamma = 64 / median squared distance of its training codes, C cross-validated
+    narrow, wide = fitted["det_a_narrow"]["detectors"], fitted["det_a"]["detectors"]
+    assert narrow.keys() == wide.keys()
+    for layer in narrow:
+        assert narrow[layer]["gamma"] > wide[layer]["gamma"]
+    assert "Det A (narrow σ)" in report
     assert "**Operating point**: every detector's threshold is calibrated" in report
     # the quantized detector's real path has no gradient; the BPDA surrogate does
     flags = {(f["name"], f["context"].get("defence")): f for f in res["flags"]}

@@ -118,8 +118,12 @@ class CodeSVMDetector(ClassifierMixin, BaseEstimator):
         None infers ``max(X) + 1`` at fit time.
     param_grid : dict or None, default=None
         Grid for cross-validation, keys ``"gamma"`` and/or ``"C"`` (absolute values). None uses
-        :data:`GAMMA_MULTIPLIERS` / median squared distance and :data:`C_GRID` for the
+        ``gamma_multipliers`` / median squared distance and :data:`C_GRID` for the
         parameters not given.
+    gamma_multipliers : sequence of float or None, default=None
+        Gamma candidates in multiples of 1 / (median squared training-code distance); None uses
+        :data:`GAMMA_MULTIPLIERS`. ``(64.0,)`` fixes the paper's narrow kernel (a typical pair of
+        codes ``exp(-64)`` apart) whatever the code width, and cross-validates only C.
     cv : int, default=3
         Stratified folds for the selection.
     max_train : int or None, default=None
@@ -161,6 +165,7 @@ class CodeSVMDetector(ClassifierMixin, BaseEstimator):
         "sigma": [Interval(Real, 0, None, closed="neither"), None],
         "levels": [Interval(Integral, 2, 256, closed="both"), None],
         "param_grid": [dict, None],
+        "gamma_multipliers": ["array-like", None],
         "cv": [Interval(Integral, 2, None, closed="left")],
         "max_train": [Interval(Integral, 2, None, closed="left"), None],
         "max_cv_samples": [Interval(Integral, 2, None, closed="left")],
@@ -173,7 +178,8 @@ class CodeSVMDetector(ClassifierMixin, BaseEstimator):
     def __init__(self, gamma: float | None = None, C: float | None = None, sigma: float | None = None,
                  levels: int | None = None, param_grid: dict | None = None, cv: int = 3,
                  max_train: int | None = None, max_cv_samples: int = 3000, random_state: int | None = None,
-                 solver: str = "auto", n_components: int = DEFAULT_N_COMPONENTS, landmarks: str = "stratified") -> None:
+                 solver: str = "auto", n_components: int = DEFAULT_N_COMPONENTS, landmarks: str = "stratified",
+                 gamma_multipliers: tuple[float, ...] | None = None) -> None:
         self.gamma = gamma
         self.C = C
         self.sigma = sigma
@@ -186,6 +192,7 @@ class CodeSVMDetector(ClassifierMixin, BaseEstimator):
         self.solver = solver
         self.n_components = n_components
         self.landmarks = landmarks
+        self.gamma_multipliers = gamma_multipliers
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -294,7 +301,11 @@ class CodeSVMDetector(ClassifierMixin, BaseEstimator):
             scale = float(np.median(off)) if off.size else 0.0
             if scale <= 0:
                 scale = float(off.mean()) if off.size and off.mean() > 0 else 1.0
-            grid["gamma"] = [m / scale for m in GAMMA_MULTIPLIERS]
+            multipliers = GAMMA_MULTIPLIERS if self.gamma_multipliers is None else self.gamma_multipliers
+            mult = np.asarray(multipliers, dtype=np.float64).ravel()
+            if mult.size == 0 or not np.all(np.isfinite(mult) & (mult > 0)):
+                raise InputError(f"gamma_multipliers must be positive numbers, e.g. (64.0,), got {multipliers!r}")
+            grid["gamma"] = [float(m) / scale for m in mult]
         if "C" not in grid:
             grid["C"] = list(C_GRID)
         if len(grid["gamma"]) * len(grid["C"]) == 1:

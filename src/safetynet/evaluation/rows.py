@@ -12,8 +12,9 @@ from dataclasses import dataclass
 __all__ = ["ATTACK_ROWS", "DEFENCES", "DEFENCE_TITLES", "NORMS", "TRANSFER_ROWS", "AttackRow", "base_row", "expand_rows"]
 
 #: Defence columns of Table 4, in order.
-DEFENCES = ("ori", "subnet", "det_a", "det_ens")
-DEFENCE_TITLES = {"ori": "Ori", "subnet": "Subnet Det", "det_a": "Det A", "det_ens": "Det ensemble"}
+DEFENCES = ("ori", "subnet", "det_a", "det_a_narrow", "det_ens")
+DEFENCE_TITLES = {"ori": "Ori", "subnet": "Subnet Det", "det_a": "Det A", "det_a_narrow": "Det A (narrow σ)",
+                  "det_ens": "Det ensemble"}
 NORMS = ("linf", "l2")
 
 

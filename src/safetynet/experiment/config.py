@@ -107,6 +107,10 @@ class ExperimentConfig:
     gamma: float | None = setting(None, "RBF gamma = 1/(2 sigma^2) of the SVMs (default: cross-validated)")
     sigma: float | None = setting(None, "the paper's sigma, instead of --gamma (default: cross-validated)")
     C: float | None = setting(None, "SVM regularisation (default: cross-validated)", flag="--C")
+    solver: Literal["auto", "exact", "nystroem"] = setting(
+        "auto", "SVM solver: exact, nystroem (Williams & Seeger 2001 features + a linear SVM, folded back into an RBF "
+                "expansion over the landmarks) or auto (exact up to 8,000 codes)")
+    n_components: int = setting(4096, "Nyström landmarks (memory ~24 x training codes x landmarks bytes)")
     metzen_max_train: int = setting(20000, "at most this many natural and as many adversarial examples train the "
                                            "Metzen subnetwork (its input maps are the only uncompressed data kept)")
     chunk_size: int = setting(500, "images per unit of work (a unit is cached on disk when it finishes)")
@@ -177,6 +181,7 @@ class ExperimentConfig:
 
     def svm_params(self, levels: int) -> dict[str, Any]:
         """Constructor arguments of the code SVMs (gamma/sigma/C None: cross-validated)."""
-        return {"levels": levels, "gamma": self.gamma, "sigma": self.sigma, "C": self.C, "random_state": self.seed}
+        return {"levels": levels, "gamma": self.gamma, "sigma": self.sigma, "C": self.C, "random_state": self.seed,
+                "solver": self.solver, "n_components": self.n_components}
         attack_grid(self.grid)
 

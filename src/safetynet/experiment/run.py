@@ -272,7 +272,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     for s in usable:
         for kind in SVM_KINDS:
             det = fitted[s.key, kind]
-            fitted_params[kind][s.key] = {"gamma": det.gamma_, "sigma": det.sigma_, "C": det.C_,
+            fitted_params[kind][s.key] = {"gamma": det.gamma_, "sigma": det.sigma_, "C": det.C_, "solver": det.solver_,
                                           "support_vectors": int(len(det.support_vectors_)),
                                           "code_units": int(det.n_features_in_),
                                           "train_natural": int(len(fit_pos)),

@@ -72,6 +72,11 @@ class RobustnessConfig:
     gamma: float | None = setting(None, "RBF gamma of the SafetyNet SVMs (default: cross-validated)")
     sigma: float | None = setting(None, "the paper's sigma, instead of --gamma (default: cross-validated)")
     C: float | None = setting(None, "SVM regularisation (default: cross-validated)", flag="--C")
+    solver: str = setting("auto", "SVM solver: exact, nystroem or auto (exact up to 8,000 codes)",
+                          choices=("auto", "exact", "nystroem"))
+    narrow_gamma: float | None = setting(64.0, "adds the column 'Det A (narrow σ)': Det A with gamma = NARROW_GAMMA / "
+                                               "median squared code distance, the paper's small σ (--narrow-gamma 0: "
+                                               "leave it out)")
     positive_class: int | None = setting(None, "binary tasks: also report the paper's F->T / T->F with this class as "
                                                "'true' (sceneproof: real)")
     headline: dict[str, float] | None = setting(None, "eps per norm for Table 4 as JSON, e.g. '{\"linf\": 0.0314}' "
@@ -141,6 +146,11 @@ class RobustnessConfig:
             raise InputError(f"calibration must be a share in (0, 1), e.g. 0.2, got {self.calibration}")
         if self.gamma is not None and self.sigma is not None:
             raise InputError("give --gamma or --sigma, not both (gamma = 1 / (2 sigma^2))")
+        if self.narrow_gamma is not None and not (math.isfinite(self.narrow_gamma) and self.narrow_gamma >= 0):
+            raise InputError(f"narrow_gamma must be a positive multiple (e.g. 64) or 0 to leave the column out, "
+                             f"got {self.narrow_gamma}")
+        if self.narrow_gamma == 0:
+            self.narrow_gamma = None
         for name in ("gamma", "sigma", "C"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
