@@ -102,8 +102,18 @@ def _check_defence_example(ns: dict, calls: list[dict], printed: str) -> None:
     assert f"clean rejected {clean_rejected:.0%}" in printed and f"{ns['success'].float().mean():.0%}" in printed
 
 
+def _check_benchmark_example(ns: dict, calls: list[dict], printed: str) -> None:
+    """Block "Detector benchmark": the user's detector is a column of (a) and (b), calibrated by the job at 5 % FPR."""
+    results, mine = ns["results"], ns["mine"]
+    rows = [r for r in results["detection"] if r["detector"] == "energy"]
+    assert {r["trained_on"] for r in rows} == {"given"} and rows
+    assert results["thresholds"]["energy@given"] == mine.threshold is not None
+    assert {c["defence"] for c in results["strongest"]} >= {"ori", "confidence", "energy"}
+    assert all(f"('{r['tested_on']}', {round(r['auc'], 3)})" in printed for r in rows)
+
+
 CHECKS = {"TopKMisclassification(y, k=5)": _check_api_example, "SmoothedTypeII(net": _check_type2_example,
-          "Defence(": _check_defence_example}
+          "Defence(\"det\"": _check_defence_example, "run_benchmark(": _check_benchmark_example}
 
 
 @pytest.mark.parametrize("index", range(len(_python_blocks())))

@@ -89,6 +89,17 @@ def _robustness(cfg) -> Outcome:
                     "flags_triggered": sorted({f["name"] for f in results["flags"] if f["triggered"]})})
 
 
+def _benchmark(cfg) -> Outcome:
+    from .benchmark import run_benchmark
+
+    results = run_benchmark(cfg)
+    return Outcome({"report": str(Path(cfg.out) / "report.md"), "seconds": results["seconds"],
+                    "clean_accuracy": results["clean"]["accuracy"],
+                    "flags_triggered": sorted({f["name"] for f in results["flags"] if f["triggered"]}),
+                    "consistency_flags": [f"{c['defence']} {c['norm']} {c['detection_eps']:.4g}"
+                                          for c in results["consistency"] if c["triggered"]]})
+
+
 def _data_download(cfg) -> Outcome:
     from .data.download import download
 
@@ -173,6 +184,9 @@ COMMANDS = (
             "Ctrl-C stops it", "serve.config:ServeConfig", _serve),
     Command(("robustness",), "attack the detectors (type I/II, adaptive, black box) and write a Table-4 report",
             "robustness.config:RobustnessConfig", _robustness),
+    Command(("benchmark",), "every detector (SafetyNet, Metzen, confidence, Mahalanobis, LID, KD+BU) under one protocol: "
+            "type-I detection, adaptive attacks, flags; report.md + results.json (--quick: offline, minutes)",
+            "benchmark.config:BenchmarkConfig", _benchmark),
 )
 
 

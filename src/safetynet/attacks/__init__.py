@@ -25,10 +25,12 @@ from .criteria import (
     TopKMisclassification,
     as_criterion,
 )
+from .cw import CWL2
 from .deepfool import DeepFool
 from .fgsm import FGSM
 from .pgd import PGD
 from .pgd_l2 import PGDL2
+from .square import Square
 
 #: Attack names used by the CLI and the benchmark grid.
 ATTACKS: dict[str, type[Attack]] = {
@@ -38,6 +40,8 @@ ATTACKS: dict[str, type[Attack]] = {
     "pgd": PGD,
     "pgd-l2": PGDL2,
     "deepfool": DeepFool,
+    "cw-l2": CWL2,  # Carlini & Wagner 2017 (minimisation, L2)
+    "square": Square,  # Andriushchenko et al. 2020 (score-based black box, L-inf, query counted)
 }
 
 
@@ -57,9 +61,11 @@ __all__ = [
     "ATTACKS",
     "BIM",
     "BIML2",
+    "CWL2",
     "FGSM",
     "PGD",
     "PGDL2",
+    "Square",
     "And",
     "Attack",
     "AttackResult",

@@ -25,7 +25,7 @@ from torch import nn
 from .._validation import check_positive
 from ..errors import InputError
 
-__all__ = ["DetectorScore", "ExtraClassScore", "MetzenScore", "SafetyNetScore", "SmoothScore", "as_detector_score",
+__all__ = ["DetectorScore", "ExtraClassScore", "MetzenScore", "SafetyNetScore", "SmoothScore", "TorchScore", "as_detector_score",
            "eval_mode", "rbf_score_torch"]
 
 
@@ -182,11 +182,34 @@ class ExtraClassScore(DetectorScore):
         return "ExtraClassScore()"
 
 
+class TorchScore(DetectorScore):
+    """A detector that computes its own differentiable score: ``detector.logits_and_score_torch(x)``.
+
+    The baselines of :mod:`safetynet.detectors` (Mahalanobis, LID, KD+BU) return the classifier's
+    logits and their logistic-regression logit from one forward pass; any user detector with the
+    same method is attacked the same way.
+    """
+
+    def __init__(self, detector: Any) -> None:
+        if not callable(getattr(detector, "logits_and_score_torch", None)):
+            raise InputError(f"{type(detector).__name__} has no logits_and_score_torch(x) method")
+        self.detector = detector
+        self.model = detector.model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, score = self.detector.logits_and_score_torch(x)
+        return logits, score[:, None]
+
+    def __repr__(self) -> str:
+        return f"TorchScore({type(self.detector).__name__})"
+
+
 def as_detector_score(detector: Any, sharpness: float = 10.0, gamma_scale: float = 0.1) -> DetectorScore | None:
     """The natural differentiable surrogate of a detector (None for no detector).
 
     SafetyNet -> :class:`SmoothScore` (``sharpness``, ``gamma_scale``); MetzenDetector ->
-    :class:`MetzenScore`; ExtraClassDetector -> :class:`ExtraClassScore`; a
+    :class:`MetzenScore`; ExtraClassDetector -> :class:`ExtraClassScore`; a detector with
+    ``logits_and_score_torch(x)`` (the Mahalanobis, LID and KD+BU baselines) -> :class:`TorchScore`; a
     :class:`DetectorScore` is returned unchanged; any detector exposing
     ``detector_score(sharpness, gamma_scale) -> DetectorScore`` provides its own surrogate.
     """
@@ -205,6 +228,8 @@ def as_detector_score(detector: Any, sharpness: float = 10.0, gamma_scale: float
     # Duck-typed: a defence defined outside this package can ship its own surrogate.
     if callable(getattr(detector, "detector_score", None)):
         return detector.detector_score(sharpness, gamma_scale)
+    if callable(getattr(detector, "logits_and_score_torch", None)):
+        return TorchScore(detector)
     raise InputError(f"no differentiable surrogate for a {type(detector).__name__}; pass a SafetyNet, "
                      "MetzenDetector, ExtraClassDetector, a DetectorScore or an object with a "
-                     "detector_score(sharpness, gamma_scale) method")
+                     "detector_score(sharpness, gamma_scale) or logits_and_score_torch(x) method")

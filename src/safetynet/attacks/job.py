@@ -51,7 +51,7 @@ from .criteria import (
 
 @dataclass
 class AttackConfig:
-    attack: str = setting(help="fgsm | bim | bim-l2 | pgd | pgd-l2 | deepfool (one of safetynet.attacks.ATTACKS)")
+    attack: str = setting(help="fgsm | bim | bim-l2 | pgd | pgd-l2 | deepfool | cw-l2 | square (one of safetynet.attacks.ATTACKS)")
     out: str = setting(help=".npz file to write (atomically)")
     model: str = setting("cifar10-resnet20", "checkpoint folder (model.safetensors + config.json) or shipped name")
     eps: list[float] | None = setting(None, "budget(s) in [0, 1] pixel units (L-inf) or L2 norm; required except for "

@@ -117,6 +117,11 @@ class ConfidenceOnImages:
     def detect(self, x: torch.Tensor) -> np.ndarray:
         return self.decision_function(x) > 0
 
+    def logits_and_score_torch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, 1 - max softmax - threshold)`` with gradients to ``x``: what an adaptive attack descends."""
+        logits = self.model(x)
+        return logits, 1.0 - logits.double().softmax(1).amax(1) - self.detector.threshold_
+
     def __repr__(self) -> str:
         return f"ConfidenceOnImages(threshold={self.detector.threshold_:.6g})"
 
