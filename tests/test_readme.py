@@ -113,7 +113,7 @@ def _check_benchmark_example(ns: dict, calls: list[dict], printed: str) -> None:
 
 
 CHECKS = {"TopKMisclassification(y, k=5)": _check_api_example, "SmoothedTypeII(net": _check_type2_example,
-          "Defence(\"det\"": _check_defence_example, "run_benchmark(": _check_benchmark_example}
+          "Defence(\"det_a\"": _check_defence_example, "run_benchmark(": _check_benchmark_example}
 
 
 @pytest.mark.parametrize("index", range(len(_python_blocks())))
