@@ -26,9 +26,11 @@ from safetynet.data.imagenet import imagenet_split, load_imagenet_folder
 from safetynet.errors import CheckpointError, DataError, InputError
 from safetynet.models.efficientnet import EfficientNetLite0, SameConv2d, from_lukemelas_keys
 
-# Measured on the first 50 rows of labels.csv (resize 256 bicubic + centre crop 224, TF scaling):
-# see README "ImageNet". Tolerance: two images either way (a point of PIL or BLAS rounding).
-FIRST50_TOP1, FIRST50_TOP5 = 43, 48
+# Measured on the first 50 rows of labels.csv (resize 256 bicubic + centre crop 224, TF scaling;
+# on all 1,300: top-1 83.2 %, top-5 95.6 %, see README "ImageNet"). Tolerance: two images either
+# way, for resampling or BLAS differences between library versions; a wrong padding, scaling or
+# key mapping costs far more (torchvision's mean/std instead of TF scaling: 6-13 points).
+FIRST50_TOP1, FIRST50_TOP5 = 40, 47
 
 
 @pytest.fixture(scope="module")
@@ -209,8 +211,17 @@ def test_fgsm_bim_bim_l2_match_torchattacks_at_224(lite0, attacked, torchattacks
                                atol=1e-5, rtol=0)
     ref = torchattacks.BIM(lite0, eps=eps, alpha=0.5 / 255, steps=3)(x, y)
     torch.testing.assert_close(BIM(steps=3, step_size=0.5 / 255)(lite0, x, y, eps=eps).clipped, ref, atol=1e-5, rtol=0)
+    # torchattacks' PGDL2 without random start is BIM-L2. One step agrees to 1e-7; from the
+    # second step on, float32 rounding differences of ~1e-7 in the iterate cross ReLU6 kinks of
+    # this 16-block network, and after 3 steps single pixels differ by up to ~7e-5 (0.02/255,
+    # below one grey level) while the perturbation norms agree to 0.1 %. (On the CIFAR models the
+    # iterates stay within 1e-5 for 5 steps: tests/test_peers.py.)
+    ref = torchattacks.PGDL2(lite0, eps=1.0, alpha=0.4, steps=1, random_start=False)(x.contiguous(), y)
+    torch.testing.assert_close(BIML2(steps=1, step_size=0.4)(lite0, x, y, eps=1.0).clipped, ref, atol=1e-5, rtol=0)
     ref = torchattacks.PGDL2(lite0, eps=1.0, alpha=0.4, steps=3, random_start=False)(x.contiguous(), y)
-    torch.testing.assert_close(BIML2(steps=3, step_size=0.4)(lite0, x, y, eps=1.0).clipped, ref, atol=1e-5, rtol=0)
+    ours = BIML2(steps=3, step_size=0.4)(lite0, x, y, eps=1.0).clipped
+    torch.testing.assert_close(ours, ref, atol=2e-4, rtol=0)
+    torch.testing.assert_close(_l2(x, ours), _l2(x, ref), atol=0, rtol=2e-3)
 
 
 class _TopLogits(nn.Module):
@@ -219,9 +230,12 @@ class _TopLogits(nn.Module):
     def __init__(self, model: nn.Module, classes: torch.Tensor) -> None:
         super().__init__()
         self.model, self.classes = model, classes
+        # torchattacks restores the mode it found: a wrapper left in training mode would put the
+        # wrapped network (and its batch norms) into training mode after the attack.
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).gather(1, self.classes[: len(x)])
+        return self.model(x).gather(1, self.classes)
 
 
 def _l2(x, adv):
@@ -237,8 +251,9 @@ def test_deepfool_with_10_candidates_matches_torchattacks_and_foolbox(lite0, att
     with torch.no_grad():
         top = lite0(x).topk(11, dim=1).indices  # (N, 11), the label is first (clean images are correct)
     assert torch.equal(top[:, 0], y)
-    ta = torchattacks.DeepFool(_TopLogits(lite0, top), steps=50, overshoot=0.02)
-    ta_adv = torch.cat([ta(x[i:i + 1], torch.zeros(1, dtype=torch.long)) for i in range(len(x))])
+    ta_adv = torch.cat([torchattacks.DeepFool(_TopLogits(lite0, top[i:i + 1]), steps=50, overshoot=0.02)(
+        x[i:i + 1], torch.zeros(1, dtype=torch.long)) for i in range(len(x))])
+    assert not lite0.training
     # Foolbox's candidates count the label too: candidates=11 is the label + 10.
     _, fb_adv, fb_ok = fb.attacks.L2DeepFoolAttack(steps=50, overshoot=0.02, candidates=11)(
         fb.PyTorchModel(lite0, bounds=(0, 1)), x, y, epsilons=None)
@@ -280,3 +295,56 @@ def test_restricted_candidates_match_all_1000_classes(lite0, first50):
     # The restricted step minimises over a subset of the classes, so it is never shorter than the
     # full one at the same point; overall the norms agree within 10 %.
     assert (l2_few <= 1.1 * l2_full).all() and (l2_few >= 0.9 * l2_full).all(), (l2_few, l2_full)
+
+
+# ---------------------------------------------------------------------------- the experiment job
+def test_experiment_splits_imagenet_by_image_seeded(imagenet_dir):
+    from safetynet.experiment import ExperimentConfig
+    from safetynet.experiment.run import load_splits
+
+    cfg = ExperimentConfig(dataset="imagenet-val", data_dir=str(imagenet_dir), model="imagenet-efficientnet-lite0",
+                           layer="pool", quick=True)
+    assert cfg.grid == "imagenet-quick"
+    x_tr, y_tr, x_te, y_te, prov = load_splits(cfg)
+    assert x_tr.shape == (60, 3, 224, 224) and x_te.shape == (40, 3, 224, 224)
+    assert set(prov["train_indices"]).isdisjoint(prov["test_indices"])
+    tr, te = imagenet_split(1300, 60, 40, seed=0)
+    assert prov["train_indices"] == tr.tolist() and prov["test_indices"] == te.tolist()
+    with open(imagenet_dir / "labels.csv", newline="") as f:
+        labels = [int(r["class_index"]) for r in csv.DictReader(f)]
+    assert y_te.tolist() == [labels[i] for i in te.tolist()]
+    assert float(x_tr.min()) >= 0 and float(x_tr.max()) <= 1
+
+
+def test_experiment_config_refuses_a_cifar_model_on_imagenet(imagenet_dir):
+    from safetynet.experiment import ExperimentConfig
+
+    with pytest.raises(InputError, match="imagenet-efficientnet-lite0"):
+        ExperimentConfig(dataset="imagenet-val", data_dir=str(imagenet_dir), layer="pool").validate()
+    with pytest.raises(InputError, match="--quick"):
+        ExperimentConfig(quick=True).validate()
+
+
+@pytest.mark.slow
+def test_demo_quick_on_imagenet(imagenet_dir, lite0, tmp_path):
+    # The CI-sized run of Figure 2 D-F: 60 + 40 images, the imagenet-quick grid (minutes on one thread).
+    from safetynet.experiment import ExperimentConfig, run_experiment
+
+    cfg = ExperimentConfig(dataset="imagenet-val", data_dir=str(imagenet_dir), model="imagenet-efficientnet-lite0",
+                           layer="pool", quick=True, out=str(tmp_path / "run"))
+    res = run_experiment(cfg)
+    assert res["clean"]["train_images"] == 60 and res["clean"]["test_images"] == 40
+    assert 0.65 <= res["clean"]["test_accuracy"] <= 0.97  # 82 % on all 1,300; 40 images vary
+    rows = {a["key"]: a for a in res["attacks"]}
+    assert set(rows) == {"fgsm-2", "bim-linf-2", "bim-l2-1", "deepfool-l2", "deepfool-top5"}
+    for key, a in rows.items():
+        # Leaving the top 5 implies leaving the label: top-5 success can never exceed top-1.
+        assert a["success_rate_test_top5"] <= a["success_rate_test_top1"], key
+    assert rows["deepfool-l2"]["success_rate_test"] == rows["deepfool-l2"]["success_rate_test_top1"] >= 0.9
+    assert rows["deepfool-top5"]["success_rate_test"] == rows["deepfool-top5"]["success_rate_test_top5"] >= 0.9
+    assert rows["deepfool-top5"]["median_l2"] > rows["deepfool-l2"]["median_l2"]
+    for d in ("svm-binary", "svm-quaternary", "metzen"):
+        same = res["detectors"][d]["same_attack"]
+        assert same and all(0 <= r["auc"] <= 1 for r in same)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "success top-5 (test)" in report and "DeepFool-top-5" in report
