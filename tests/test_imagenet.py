@@ -304,7 +304,8 @@ def test_experiment_splits_imagenet_by_image_seeded(imagenet_dir):
 
     cfg = ExperimentConfig(dataset="imagenet-val", data_dir=str(imagenet_dir), model="imagenet-efficientnet-lite0",
                            layer="pool", quick=True)
-    assert cfg.grid == "imagenet-quick"
+    assert cfg.grid == "imagenet-quick" and cfg.batch_size == 16 and cfg.chunk_size == 100
+    assert ExperimentConfig().batch_size == 250  # CIFAR-10 defaults unchanged
     x_tr, y_tr, x_te, y_te, prov = load_splits(cfg)
     assert x_tr.shape == (60, 3, 224, 224) and x_te.shape == (40, 3, 224, 224)
     assert set(prov["train_indices"]).isdisjoint(prov["test_indices"])
