@@ -39,6 +39,17 @@ class DeepFool(Attack):
     as its criterion holds. A minimisation attack: ``eps`` may be None (no budget) or a list of
     L2 budgets the result is clipped to.
 
+    Candidate restriction (``candidates=C``, as Foolbox's ``candidates``): a step costs one
+    backward pass per candidate, so on a 1,000-class model the full attack costs ~1,000 backward
+    passes a step and the restricted one C. The candidates are the C most likely allowed classes
+    on the *clean* image, fixed for the whole attack: each step minimises the linearised
+    distance over this subset only, so a step is never shorter than the full attack's at the
+    same point, and a boundary to an unlikely class is never taken. Since the nearest boundary
+    is almost always a likely class, the results agree: on EfficientNet-Lite0 (ImageNet, top-5
+    criterion) C=10 and all classes give the same success and L2 within 10 %
+    (``tests/test_imagenet.py``). Foolbox counts the label among its candidates: its
+    ``candidates=C + 1`` is ours ``C``.
+
     Arguments:
         steps (int): maximum number of linearisation steps. (Default: 50)
         overshoot (float): relative overshoot of the summed perturbation. (Default: 0.02)

@@ -4,7 +4,9 @@
 
 * ``cifar10``: CIFAR-10 from ``data_dir`` in binary, python or image-folder form;
 * ``cifar10-sample``: the 1,000 CIFAR-10 test images embedded in the package (offline default);
-* ``digits``: scikit-learn's bundled 8x8 digits.
+* ``digits``: scikit-learn's bundled 8x8 digits;
+* ``imagenet-val``: ImageNet validation images from a folder with ``labels.csv`` (``data_dir``),
+  at 224x224; split ``train`` / ``test`` is a seeded 800 / 500 split by image, ``all`` every image.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..errors import InputError
 from .cifar10 import CLASSES, ImageSet, load_binary, load_cifar10, load_folder, load_python
 from .digits import load_digits
 
-DATASETS = ("cifar10", "cifar10-sample", "digits")
+DATASETS = ("cifar10", "cifar10-sample", "digits", "imagenet-val")
 
 
 def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None) -> ImageSet:
@@ -34,6 +36,13 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike[st
         return load_sample()
     if name == "digits":
         return load_digits(split)  # type: ignore[arg-type]
+    if name == "imagenet-val":
+        from .imagenet import load_imagenet_folder
+
+        if data_dir is None:
+            raise InputError("the imagenet-val data set needs --data-dir pointing at a folder with labels.csv "
+                             "(e.g. ../shared/data/imagenet-val-1300)")
+        return load_imagenet_folder(data_dir, split)
     raise InputError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
 
 
@@ -41,9 +50,10 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike[st
 class DataInfoConfig:
     """``safetynet data info``."""
 
-    dataset: str = setting("cifar10-sample", "cifar10-sample | cifar10 | digits")
-    data_dir: str | None = setting(None, "CIFAR-10 folder (binary, python or image-folder form)")
-    split: Literal["train", "test"] = setting("test", "split to describe")
+    dataset: str = setting("cifar10-sample", "cifar10-sample | cifar10 | digits | imagenet-val")
+    data_dir: str | None = setting(None, "CIFAR-10 folder (binary, python or image-folder form), or an ImageNet "
+                                         "folder with labels.csv")
+    split: Literal["train", "test", "all"] = setting("test", "split to describe (all: imagenet-val only)")
 
 
 def dataset_info(cfg: DataInfoConfig) -> dict:

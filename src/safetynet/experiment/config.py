@@ -63,6 +63,24 @@ def attack_grid(name: str) -> tuple[AttackSetting, ...]:
             AttackSetting("deepfool-top5", "DeepFool-top-5", "DeepFool-top5", "deepfool", None,
                           (("steps", 50), ("overshoot", 0.02)), top_k=5),
         )
+    if name in ("imagenet", "imagenet-quick"):
+        # Figure 2 D-F on ImageNet (EfficientNet-Lite0 at 224x224): one setting per attack family.
+        # L2 budgets are larger than CIFAR-10's because a 224x224x3 image has 49 times the
+        # elements of a 32x32x3 one. DeepFool considers the 10 most likely allowed classes of the
+        # clean image at each step (10 backward passes a step instead of 1,000; see
+        # safetynet.attacks.DeepFool). "imagenet-quick" (the CI size, --quick: minutes on one
+        # thread) takes 3 BIM steps and 3 DeepFool candidates.
+        quick = name == "imagenet-quick"
+        steps, cand = (3, 3) if quick else (10, 10)
+        df = (("steps", 50), ("overshoot", 0.02), ("candidates", cand))
+        return (
+            AttackSetting("fgsm-2", "FGSM ε=2/255", "FGSM", "fgsm", 2 / 255),
+            AttackSetting("bim-linf-2", "BIM-L∞ ε=2/255", "BIM-Linf", "bim", 2 / 255,
+                          (("steps", steps), ("step_size", 2.5 / 255 / steps))),
+            AttackSetting("bim-l2-1", "BIM-L2 ε=1.0", "BIM-L2", "bim-l2", 1.0, (("steps", steps),)),
+            AttackSetting("deepfool-l2", "DeepFool-L2", "DeepFool-L2", "deepfool", None, df),
+            AttackSetting("deepfool-top5", "DeepFool-top-5", "DeepFool-top5", "deepfool", None, df, top_k=5),
+        )
     if name == "scale":  # Figure 2's CIFAR-10 panels at the paper's scale: the settings of issue 11's targets
         return (
             AttackSetting("fgsm-8", "FGSM ε=8/255", "FGSM", "fgsm", 8 / 255),
@@ -71,14 +89,16 @@ def attack_grid(name: str) -> tuple[AttackSetting, ...]:
             AttackSetting("bim-l2-0.5", "BIM-L2 ε=0.5", "BIM-L2", "bim-l2", 0.5, (("steps", 10),)),
             AttackSetting("deepfool-l2", "DeepFool-L2", "DeepFool-L2", "deepfool", None, (("steps", 50), ("overshoot", 0.02))),
         )
-    raise InputError(f"unknown attack grid {name!r}; choose 'demo', 'paper' or 'scale'")
+    raise InputError(f"unknown attack grid {name!r}; choose 'demo', 'paper', 'scale', 'imagenet' or 'imagenet-quick'")
 
 
 @dataclass
 class ExperimentConfig:
     dataset: str = setting("cifar10-sample", "cifar10-sample (embedded, offline) | cifar10 (needs --data-dir) | "
-                                             "digits (tests)")
-    data_dir: str | None = setting(None, "CIFAR-10 folder (binary, python or image-folder form)")
+                                             "digits (tests) | imagenet-val (needs --data-dir, --model "
+                                             "imagenet-efficientnet-lite0 and --layer pool)")
+    data_dir: str | None = setting(None, "CIFAR-10 folder (binary, python or image-folder form), or an ImageNet "
+                                         "folder with labels.csv (e.g. ../shared/data/imagenet-val-1300)")
     model: str | nn.Module = setting("cifar10-resnet20", "shipped model name or checkpoint folder (from Python also an nn.Module)")
     layer: str = setting("layer3.2.relu", "layer to tap; the default is ResNet-20's last residual stage, the paper's x5")
     # The paper taps the whole layer (64x8x8 = 4096 units for ResNet-20's last stage).
@@ -90,11 +110,16 @@ class ExperimentConfig:
     # to 0.73 (DeepFool-L2). Not in the paper: reported beside its full codes.
     pooled: int = setting(1, "the extra 'svm-pooled' detector quantizes each channel average-pooled to "
                              "POOLEDxPOOLED (not in the paper; reported beside the full codes)")
-    n_train: int | None = setting(None, "clean images attacked to train the detectors (default: half the sample / 2000)")
-    n_test: int | None = setting(None, "clean images attacked to test them (default: the other half / 1000)")
-    grid: Literal["demo", "paper", "scale"] | None = setting(
-        None, "attack grid: demo (one setting per attack), paper (several eps) or scale (the five settings of "
-              "Figure 2 at full scale); default demo, paper for cifar10")
+    n_train: int | None = setting(None, "clean images attacked to train the detectors (default: half the sample / "
+                                        "2000; imagenet-val 800, 60 with --quick)")
+    n_test: int | None = setting(None, "clean images attacked to test them (default: the other half / 1000; "
+                                       "imagenet-val 500, 40 with --quick)")
+    grid: Literal["demo", "paper", "scale", "imagenet", "imagenet-quick"] | None = setting(
+        None, "attack grid: demo (one setting per attack), paper (several eps), scale (the five settings of "
+              "Figure 2 at full scale), imagenet (Figure 2 D-F at 224x224) or imagenet-quick (its CI size); "
+              "default demo, paper for cifar10, imagenet for imagenet-val (imagenet-quick with --quick)")
+    # The CI-sized ImageNet run: 100 images and the imagenet-quick grid, minutes on one thread.
+    quick: bool = setting(False, "imagenet-val: 60 + 40 images and the imagenet-quick grid unless given")
     metzen_epochs: int = setting(10, "training epochs of the Metzen et al. subnetwork")
     train_attack: str | None = setting(None, "attack highlighted in the report (the paper's Figure 2C trains on "
                                              "L-inf; default BIM-L-inf)")
@@ -113,7 +138,8 @@ class ExperimentConfig:
     n_components: int = setting(4096, "Nyström landmarks (memory ~24 x training codes x landmarks bytes)")
     metzen_max_train: int = setting(20000, "at most this many natural and as many adversarial examples train the "
                                            "Metzen subnetwork (its input maps are the only uncompressed data kept)")
-    chunk_size: int = setting(500, "images per unit of work (a unit is cached on disk when it finishes)")
+    chunk_size: int | None = setting(None, "images per unit of work (a unit is cached on disk when it finishes; "
+                                           "default 500, 100 for imagenet-val)")
     cache: str | None = setting(None, "folder of cached attack/code units, shared between runs "
                                       "(default: OUT/cache); an interrupted run resumes from it")
     workers: int = setting(1, "parallel workers (local processes, or Ray tasks with --ray)")
@@ -124,16 +150,31 @@ class ExperimentConfig:
                                                  "training examples for each N and report detection vs N")
     size_curve_attacks: list[str] = setting(help="attack settings of the size curve (keys, e.g. bim-linf-4)",
                                             factory=lambda: ["bim-linf-4", "deepfool-l2"])
-    batch_size: int = setting(250, "images per forward pass")
+    # An attack's backward graph of a 224x224 EfficientNet image takes tens of MB: 250 of them
+    # would need >10 GB and spend much of the time in page faults (measured: 7 GB RSS for 40 images).
+    batch_size: int | None = setting(None, "images per forward pass (default 250, 16 for imagenet-val)")
     seed: int = setting(0, "seeds the split and the detectors")
     out: str = setting("safetynet-demo", "output folder for report.md, results.json and figures/")
 
     def __post_init__(self) -> None:
         if self.grid is None:
-            self.grid = "paper" if self.dataset == "cifar10" else "demo"
+            if self.dataset == "imagenet-val":
+                self.grid = "imagenet-quick" if self.quick else "imagenet"
+            else:
+                self.grid = "paper" if self.dataset == "cifar10" else "demo"
+        imagenet = self.dataset == "imagenet-val"
+        if self.batch_size is None:
+            self.batch_size = 16 if imagenet else 250
+        if self.chunk_size is None:
+            self.chunk_size = 100 if imagenet else 500
         self.pool = pool_size(self.pool)
 
     def validate(self) -> None:
+        if self.quick and self.dataset != "imagenet-val":
+            raise InputError(f"--quick sizes the imagenet-val run; for {self.dataset} give --n-train/--n-test")
+        if self.dataset == "imagenet-val" and isinstance(self.model, str) and self.model.startswith("cifar10-"):
+            raise InputError(f"--model {self.model} is a CIFAR-10 classifier; imagenet-val needs an ImageNet one, "
+                             "e.g. --model imagenet-efficientnet-lite0 --layer pool")
         for name in ("n_train", "n_test"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 20):
@@ -183,5 +224,4 @@ class ExperimentConfig:
         """Constructor arguments of the code SVMs (gamma/sigma/C None: cross-validated)."""
         return {"levels": levels, "gamma": self.gamma, "sigma": self.sigma, "C": self.C, "random_state": self.seed,
                 "solver": self.solver, "n_components": self.n_components}
-        attack_grid(self.grid)
 

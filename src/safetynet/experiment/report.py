@@ -76,6 +76,15 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
                 "seconds": a["seconds"]} for a in results["attacks"]],
               formats={"success (test)": PCT, "success (train)": PCT, "median L2": "{:.3f}", "median L∞ (×255)": "{:.2f}",
                        "seconds": "{:.0f}"})
+    if any("success_rate_test_top5" in a for a in results["attacks"]):
+        rep.paragraph("ImageNet scoring: *top-1* success = the adversarial label differs from the true label; "
+                      "*top-5* success = it also lies outside the clean image's top 5 (the paper's Figure 2 D/E). "
+                      "The detectors below train and test on each setting's own success (top-5 for DeepFool-top-5, "
+                      "top-1 otherwise).")
+        rep.table([{"attack": a["label"], "success top-1 (test)": a["success_rate_test_top1"],
+                    "success top-5 (test)": a["success_rate_test_top5"], "median L2 (top-5 successes)": a["median_l2_top5"]}
+                   for a in results["attacks"]],
+                  formats={"success top-1 (test)": PCT, "success top-5 (test)": PCT, "median L2 (top-5 successes)": "{:.3f}"})
     if results["skipped_train_settings"]:
         rep.paragraph(f"Too few successful adversarials to train or test a detector for: {results['skipped_train_settings']}.")
 

