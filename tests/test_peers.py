@@ -76,7 +76,12 @@ def test_l2_iterative_matches_torchattacks_pgdl2_without_random_start(cls, rando
     ours = cls(steps=5, step_size=0.1, **kwargs)(model, x, y, eps=0.3).clipped
     # torchattacks' PGDL2 uses .view() on the gradient, which needs the default layout.
     ref = torchattacks.PGDL2(model, eps=0.3, alpha=0.1, steps=5, random_start=False)(x.contiguous(), y)
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    # Each L2 step divides by the gradient's norm, so float32 gradient differences between CPU kernels
+    # (AVX2 vs AVX-512 convolutions, ~1e-6 relative) grow to ~1.6e-4 on ~1 % of the pixels after 5 steps
+    # (measured on an AVX2-only VM; 1e-5 held on an AVX-512 one). 5e-4 is an eighth of a grey level; the
+    # perturbation norms must still agree to 0.1 %.
+    torch.testing.assert_close(ours, ref, atol=5e-4, rtol=0)
+    torch.testing.assert_close((ours - x).flatten(1).norm(dim=1), (ref - x).flatten(1).norm(dim=1), rtol=1e-3, atol=0)
 
 
 def test_targeted_pgd_and_fgsm_match_torchattacks(tiny_digits, torchattacks):
