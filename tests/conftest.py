@@ -154,3 +154,17 @@ def random_resnet():
     with torch.no_grad():
         y = model(x).argmax(1)  # labels the model "gets right", so the loss has a clean gradient
     return model, x, y
+
+
+def comparable_results(results: dict) -> dict:
+    """An experiment's results without what may differ between equal runs: timings, where units ran, the output folder."""
+    import json
+
+    r = json.loads(json.dumps(results, default=float))
+    r.pop("seconds"), r.pop("execution")
+    r["config"] = {k: v for k, v in r["config"].items() if k not in ("out", "cache", "workers", "ray", "ray_address")}
+    for a in r["attacks"]:
+        a.pop("seconds")
+    for row in r.get("size_curve", []):
+        row.pop("fit_seconds", None)
+    return r

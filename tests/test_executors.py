@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
-from conftest import require_module
+from conftest import comparable_results, require_module
 from safetynet.errors import InputError
 from safetynet.executors import ProcessExecutor, SerialExecutor, make_executor
 
@@ -56,13 +55,6 @@ def test_ray_executor_on_a_two_node_cluster(ray_cluster):
     assert got == EXPECTED
 
 
-def _comparable(results: dict) -> dict:
-    r = json.loads(json.dumps(results, default=float))
-    r.pop("seconds"), r.pop("execution")
-    r["config"] = {k: v for k, v in r["config"].items() if k not in ("out", "cache", "workers", "ray", "ray_address")}
-    for a in r["attacks"]:
-        a.pop("seconds")
-    return r
 
 
 @pytest.mark.slow  # three small demo experiments
@@ -80,5 +72,5 @@ def test_experiment_gives_the_same_results_serial_in_processes_and_on_ray(digits
     assert serial["execution"]["executor"] == "serial" and processes["execution"]["executor"] == "processes"
     assert on_ray["execution"]["executor"] == "ray" and on_ray["execution"]["nodes"] == 2
     assert on_ray["execution"]["units_computed"] == serial["execution"]["units_computed"] > 4  # several chunks each
-    assert _comparable(processes) == _comparable(serial)
-    assert _comparable(on_ray) == _comparable(serial)
+    assert comparable_results(processes) == comparable_results(serial)
+    assert comparable_results(on_ray) == comparable_results(serial)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import comparable_results
 from safetynet.cli import main
 from safetynet.errors import InputError
 from safetynet.exit_codes import EXIT_BAD_INPUT
@@ -251,16 +252,6 @@ def test_bad_config_is_refused(tmp_path):
     assert code == EXIT_BAD_INPUT and not (tmp_path / "x" / "report.md").exists()
 
 
-def _comparable(results: dict) -> dict:
-    """Results without what may differ between equal runs: timings, where units ran, the output folder."""
-    r = json.loads(json.dumps(results, default=float))
-    r.pop("seconds"), r.pop("execution")
-    r["config"] = {k: v for k, v in r["config"].items() if k not in ("out", "cache", "workers", "ray", "ray_address")}
-    for a in r["attacks"]:
-        a.pop("seconds")
-    for row in r.get("size_curve", []):
-        row.pop("fit_seconds", None)
-    return r
 
 
 @pytest.mark.slow  # a second demo experiment, interrupted and resumed
@@ -286,7 +277,7 @@ def test_an_interrupted_run_resumes_to_identical_results(digits_run, digits_chec
     assert len(list(cache.glob("attack-*.npz"))) == 3 and not list(cache.glob(".*tmp*"))  # 3 units kept, no debris
     resumed = run_experiment(cfg)
     assert resumed["execution"]["units_cached"] == 2 + 3  # the natural pass and the three finished attack units
-    assert _comparable(resumed) == _comparable(results)
+    assert comparable_results(resumed) == comparable_results(results)
 
 
 def test_chunk_store_is_keyed_by_content_and_refuses_damaged_files(tmp_path):

@@ -289,7 +289,10 @@ def test_run_robustness_takes_a_module_or_its_checkpoint_alike(digits_checkpoint
 def test_calibration_split_is_disjoint_seeded_and_refuses_too_few():
     from safetynet.errors import InputError
     from safetynet.robustness import RobustnessConfig
-    from safetynet.robustness.run import _calibration_split
+    from safetynet.evaluation.defence import calibration_split
+
+    def _calibration_split(n, cfg):
+        return calibration_split(n, cfg.calibration, cfg.seed)
 
     cfg = RobustnessConfig(dataset="digits", calibration=0.25, seed=3)
     fit, cal = _calibration_split(200, cfg)

@@ -37,7 +37,7 @@ from torch import nn
 
 from .._job import prepare_output
 from ..errors import InputError
-from ..evaluation.defence import Defence
+from ..evaluation.defence import Defence, calibration_split
 from ..metrics import roc_auc
 from .config import BenchmarkConfig
 
@@ -127,15 +127,6 @@ def fit_detector(name: str, cfg: BenchmarkConfig, model: nn.Module, x_nat: torch
     raise InputError(f"unknown detector {name!r}")
 
 
-def _split(n: int, cfg: BenchmarkConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    n_cal = max(1, int(round(cfg.calibration * n)))
-    if n - n_cal < 20:
-        raise InputError(f"only {n} natural fit images: too few to fit detectors and hold {n_cal} out for calibration; "
-                         "raise --n-fit or lower --calibration")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))
-    return perm[n_cal:].sort().values, perm[:n_cal].sort().values
-
-
 def run_benchmark(cfg: BenchmarkConfig, defences: dict[str, Defence] | None = None) -> dict[str, Any]:
     """Run the whole benchmark; writes ``report.md``, ``results.json``, ``figures/`` to ``cfg.out``.
 
@@ -169,7 +160,7 @@ def run_benchmark(cfg: BenchmarkConfig, defences: dict[str, Defence] | None = No
     for p in model.parameters():
         p.requires_grad_(False)
     x_nat, y_nat, _ = task.natural_fit(cfg.batch_size)
-    fit_idx, cal_idx = _split(len(x_nat), cfg)
+    fit_idx, cal_idx = calibration_split(len(x_nat), cfg.calibration, cfg.seed)
     xf, yf, x_cal = x_nat[fit_idx], y_nat[fit_idx], x_nat[cal_idx]
     clean_pred = Defence("ori", model).predict(task.test_x)
     correct = torch.as_tensor(clean_pred) == task.test_y

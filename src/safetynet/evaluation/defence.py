@@ -33,7 +33,7 @@ from ..errors import InputError
 from ..attacks.batched import predict
 from ..metrics import threshold_at_fpr
 
-__all__ = ["CalibratedDetector", "ConfidenceOnImages", "Defence", "Verdicts", "smoothable"]
+__all__ = ["CalibratedDetector", "ConfidenceOnImages", "Defence", "Verdicts", "calibration_split", "smoothable"]
 
 
 def smoothable(detector: Any) -> bool:
@@ -202,3 +202,17 @@ class Defence:
 
     def __repr__(self) -> str:
         return f"Defence({self.key!r}, detector={self.detector!r}, threshold={self.threshold})"
+
+
+def calibration_split(n: int, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fit positions, calibration positions)`` of ``n`` natural images: a seeded ``share`` held out.
+
+    Thresholds set on images the detector was fitted on would be optimistic (training points sit
+    far from the margin), so calibration images are never fitted on.
+    """
+    n_cal = max(1, int(round(share * n)))
+    if n - n_cal < 20:
+        raise InputError(f"only {n} natural fit images: too few to fit detectors and hold {n_cal} out for calibration; "
+                         "raise --n-fit or lower --calibration")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
+    return perm[n_cal:].sort().values, perm[:n_cal].sort().values

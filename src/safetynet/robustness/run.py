@@ -31,7 +31,7 @@ from torch import nn
 
 from .._job import prepare_output
 from ..errors import InputError
-from ..evaluation.defence import Defence
+from ..evaluation.defence import Defence, calibration_split
 from ..evaluation.engine import AttackBench
 from ..evaluation.rows import DEFENCE_TITLES, DEFENCES, expand_rows
 from ..evaluation.surrogates import SurrogatePool, craft_adversarials
@@ -101,16 +101,6 @@ def _svm_info(net: Any) -> dict[str, Any]:
                               "units": int(d.n_features_in_)} for n, d in net.detectors_.items()}}
 
 
-def _calibration_split(n: int, cfg: RobustnessConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fit positions, calibration positions) of ``n`` natural fit images, seeded."""
-    n_cal = max(1, int(round(cfg.calibration * n)))
-    if n - n_cal < 20:
-        raise InputError(f"only {n} natural fit images: too few to fit detectors and hold {n_cal} out for calibration; "
-                         "raise --n-fit or lower --calibration")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))
-    return perm[n_cal:].sort().values, perm[:n_cal].sort().values
-
-
 def _task(cfg: RobustnessConfig, out: Path) -> Task:
     if cfg.dataset == "sceneproof":
         raise InputError("the sceneproof task comes from its bundle: run `safetynet robustness --dataset sceneproof`, "
@@ -158,7 +148,7 @@ def run_robustness(cfg: RobustnessConfig, *, task: Task | None = None) -> dict[s
         defences, fitted = task.defences, {"given": "the task's own defences (not refitted)"}
     else:
         # Natural fit images the detectors never see set their thresholds (Tramer et al. 2020's protocol).
-        fit_part, cal_part = _calibration_split(len(x_nat), cfg) if cfg.calibrate else (torch.arange(len(x_nat)), None)
+        fit_part, cal_part = calibration_split(len(x_nat), cfg.calibration, cfg.seed) if cfg.calibrate else (torch.arange(len(x_nat)), None)
         x_fit_adv, fit_ok = craft_adversarials(model, x_nat[fit_part], y_nat[fit_part], fit_eps, batch_size=cfg.batch_size,
                                                mask=task.mask)
         if int(fit_ok.sum()) < 10:
