@@ -20,7 +20,6 @@ process and Ray (a 2-node test cluster) runs agree exactly.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -186,11 +185,3 @@ def make_executor(workers: int = 1, ray: bool = False, ray_address: str | None =
     if workers > 1:
         return ProcessExecutor(workers, threads)
     return SerialExecutor()
-
-
-def cpu_count() -> int:
-    """CPUs this process may use (the affinity mask, not the machine's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1

@@ -130,13 +130,16 @@ class _Grid:
 
         todo = [i for i, (key, _) in enumerate(units) if not self.store.has(kind, key)]
         self.cached += len(units) - len(todo)
+        computed: dict[int, dict[str, np.ndarray]] = {}
         if todo:
             log.info("%s: %d units to compute, %d cached", desc, len(todo), len(units) - len(todo))
             it = self.executor.map(fn, [units[i][1] for i in todo], shared=self.shared)
             for j, arrays in progress(it, total=len(todo), desc=desc, unit="chunk"):
                 self.store.put(kind, units[todo[j]][0], arrays)  # written as each unit finishes: resumable
+                computed[todo[j]] = arrays
                 self.computed += 1
-        return [self.store.get(kind, key) for key, _ in units]
+        # only the cached units are read back; fresh ones are already in memory
+        return [computed[i] if i in computed else self.store.get(kind, key) for i, (key, _) in enumerate(units)]
 
 
 def _left_top5(clean_logits: np.ndarray, y: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -171,7 +174,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     from ..metrics import threshold_at_fpr
     from ..progress import progress
     from .store import ChunkStore, model_fingerprint
-    from .units import SVM_KINDS, attack_chunk, code_features, fit_metzen, fit_svm, natural_chunk
+    from .units import SVM_KINDS, attack_chunk, code_features, codes_of, fit_metzen, fit_svm, natural_chunk
 
     cfg.validate()
     t_start = time.time()
@@ -223,8 +226,6 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         quantizers = {k: ActivationQuantizer(levels=lv).fit(code_features(torch.from_numpy(maps["fit"]), k, cfg.pool, cfg.pooled))
                       for k, lv in SVM_KINDS.items()}
         thresholds = {k: q.thresholds_ for k, q in quantizers.items()}
-        from .units import codes_of
-
         nat_codes = {part: codes_of(torch.from_numpy(m), quantizers, cfg.pool, cfg.pooled) if len(m) else None
                      for part, m in maps.items()}
 
