@@ -14,6 +14,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
+# One BLAS/OpenMP thread per test process (set before numpy and torch load their thread pools; it is
+# inherited by the jobs tests start as subprocesses): the README runs the suite with one pytest-xdist
+# worker per core, and two multi-threaded workers on two cores run many times slower, not faster.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 import pytest
 import torch
 from torch import nn

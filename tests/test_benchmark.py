@@ -167,3 +167,26 @@ def test_user_defence_must_be_a_defence_with_a_detector(tmp_path, digits_model):
         run_benchmark(_tiny(tmp_path, digits_model), defences={"x": Defence("x", digits_model)})
     with pytest.raises(InputError, match="clashes"):
         run_benchmark(_tiny(tmp_path, digits_model), defences={"lid": Defence("lid", digits_model, EnergyDetector(digits_model))})
+
+
+def test_narrow_sigma_column_is_safetynet_at_the_papers_small_sigma(digits_model):
+    from safetynet.attacks import BIM
+    from safetynet.benchmark.run import TITLES, fit_detector
+    from safetynet.data import load_digits
+    from safetynet.detectors.svm import GAMMA_MULTIPLIERS
+
+    tr = load_digits("train")
+    x, y = tr.images[:200], tr.labels[:200]
+    _, xa, ok = BIM(steps=5, step_size=0.04)(digits_model, x, y, eps=0.1)
+    cfg = _tiny("unused", digits_model)
+    wide = fit_detector("safetynet", cfg, digits_model, x, y, xa[ok])
+    narrow = fit_detector("safetynet-narrow", cfg, digits_model, x, y, xa[ok])
+    (dw,), (dn,) = wide.detectors_.values(), narrow.detectors_.values()
+    # Both kernels are multiples of 1 / (median squared code distance) on the same codes: the wide one
+    # picked by cross-validation from GAMMA_MULTIPLIERS, the narrow one fixed at narrow_gamma (64).
+    assert cfg.narrow_gamma == 64.0 and dn.solver_ == "exact"
+    assert any(dn.gamma_ * m / cfg.narrow_gamma == pytest.approx(dw.gamma_, rel=1e-9) for m in GAMMA_MULTIPLIERS)
+    assert dn.sigma_ <= dw.sigma_  # 64 is the grid's narrowest multiplier
+    assert TITLES["safetynet-narrow"] == "SafetyNet (narrow σ)"
+    with pytest.raises(InputError, match="narrow_gamma"):
+        _tiny("unused", digits_model, narrow_gamma=0).validate()

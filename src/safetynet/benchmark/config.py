@@ -14,7 +14,9 @@ from ..errors import InputError
 __all__ = ["DETECTORS", "TRAIN_ATTACKS", "TEST_ATTACKS", "ADAPTIVE_ROWS", "BenchmarkConfig", "QUICK"]
 
 #: Detector columns the job can fit itself (a user's own come as fitted Defences, see run_benchmark).
-DETECTORS = ("safetynet", "metzen", "confidence", "mahalanobis", "lid", "kdbu")
+#: "safetynet-narrow" is SafetyNet at the paper's small sigma (gamma fixed, see ``narrow_gamma``), next to
+#: the cross-validated (wide) kernel of "safetynet".
+DETECTORS = ("safetynet", "safetynet-narrow", "metzen", "confidence", "mahalanobis", "lid", "kdbu")
 #: Type-I attacks a detector can be trained on, and those it is tested on (CW-L2 and Square: never trained on).
 TRAIN_ATTACKS = ("fgsm", "bim", "pgd", "deepfool")
 TEST_ATTACKS = ("fgsm", "bim", "pgd", "deepfool", "cw-l2", "square")
@@ -61,6 +63,8 @@ class BenchmarkConfig:
     cw_search: int = setting(5, "binary-search rounds over c of CW-L2")
     square_queries: int = setting(1000, "query budget of Square per image")
     deepfool_steps: int = setting(50, "iterations of DeepFool")
+    narrow_gamma: float = setting(64.0, "the safetynet-narrow column's RBF gamma, in units of 1 / median squared "
+                                        "code distance (the paper's small sigma; the robustness job's --narrow-gamma)")
     metzen_epochs: int = setting(10, "training epochs of the Metzen et al. subnetwork")
     mc_samples: int = setting(50, "Monte-Carlo dropout passes of KD+BU")
     batch_size: int = setting(250, "images per forward pass")
@@ -104,6 +108,8 @@ class BenchmarkConfig:
         if self.adaptive_train_attack not in self.train_attacks:
             raise InputError(f"adaptive_train_attack {self.adaptive_train_attack!r} is not among train_attacks "
                              f"({' '.join(self.train_attacks)})")
+        if not (isinstance(self.narrow_gamma, (int, float)) and math.isfinite(self.narrow_gamma) and self.narrow_gamma > 0):
+            raise InputError(f"narrow_gamma must be a positive multiple (e.g. 64), got {self.narrow_gamma!r}")
         for name in ("type1_eps",):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 1):

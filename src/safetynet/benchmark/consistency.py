@@ -25,16 +25,19 @@ from typing import Any
 
 __all__ = ["PUBLISHED_ROBUST_ACCURACY", "consistency_checks"]
 
-#: (norm, eps) -> (robust accuracy in [0, 1], source). RobustBench CIFAR-10 leaderboards
-#: (https://robustbench.github.io), AutoAttack robust accuracy of the top entry; recorded from the
-#: leaderboard as known to the authors of this module (not re-fetched by the code: check the site
-#: for newer entries before quoting a flag).
+#: (norm, eps) -> (robust accuracy in [0, 1], source). The highest AutoAttack robust accuracy among
+#: RobustBench's CIFAR-10 entries, read from the model cards in the RobustBench repository
+#: (``model_info/cifar10/{Linf,L2}/*.json``, field ``autoattack_acc``; checked 2026-12-02). Not
+#: re-fetched by the code (no downloads): check https://robustbench.github.io for newer entries.
 PUBLISHED_ROBUST_ACCURACY: dict[tuple[str, float], tuple[float, str]] = {
-    ("linf", 8 / 255): (0.7371, "RobustBench CIFAR-10 Linf 8/255 top entry: Bartoldson et al. 2024, 'Adversarial "
-                                "Robustness Limits via Scaling-Law and Human-Alignment Studies' (ICML 2024), WRN-94-16, "
-                                "AutoAttack 73.71 %"),
-    ("l2", 0.5): (0.8497, "RobustBench CIFAR-10 L2 0.5 top entry: Wang et al. 2023, 'Better Diffusion Models Further "
-                          "Improve Adversarial Training' (ICML 2023), WRN-70-16, AutoAttack 84.97 %"),
+    ("linf", 8 / 255): (0.7528, "RobustBench CIFAR-10 Linf 8/255, highest AutoAttack entry: Amini et al. 2024, "
+                                "'MeanSparse: Post-Training Robustness Enhancement Through Mean-Centered Feature "
+                                "Sparsification' (arXiv 2406.05927), MeanSparse WRN-94-16, 75.28 % "
+                                "(model card Amini2024MeanSparse_S-WRN-94-16.json); next: Bartoldson et al. 2024, "
+                                "WRN-94-16, 73.71 %"),
+    ("l2", 0.5): (0.8728, "RobustBench CIFAR-10 L2 0.5, highest AutoAttack entry: Amini et al. 2024, MeanSparse "
+                          "WRN-70-16, 87.28 % (model card Amini2024MeanSparse_S-WRN-70-16.json); next: Wang et al. "
+                          "2023, 'Better Diffusion Models Further Improve Adversarial Training', WRN-70-16, 84.86 %"),
 }
 
 

@@ -73,9 +73,11 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
     rep.table([{"attack": a["label"], "success (test)": a["success_rate_test"], "success (train)": a["success_rate_train"],
                 "adversarial test examples": a["adversarial_test"], "median L2": a["median_l2"],
                 "median L∞ (×255)": a["median_linf"] * 255 if a["median_linf"] == a["median_linf"] else None,
-                "seconds": a["seconds"]} for a in results["attacks"]],
+                "compute s": a["seconds"]} for a in results["attacks"]],
               formats={"success (test)": PCT, "success (train)": PCT, "median L2": "{:.3f}", "median L∞ (×255)": "{:.2f}",
-                       "seconds": "{:.0f}"})
+                       "compute s": "{:.0f}"})
+    rep.paragraph("*compute s*: the attack's compute time, summed over its units (each on one worker), whatever "
+                  "the number of workers; the run's wall time is above.")
     if any("success_rate_test_top5" in a for a in results["attacks"]):
         rep.paragraph("ImageNet scoring: *top-1* success = the adversarial label differs from the true label; "
                       "*top-5* success = it also lies outside the clean image's top 5 (the paper's Figure 2 D/E). "

@@ -110,7 +110,7 @@ class AttackOutcome:
     linf: np.ndarray
     codes: dict[str, np.ndarray]  # SVM kind -> uint8 codes (N, D) of every attempt
     maps: np.ndarray | None  # tapped-layer maps of the first rows (Metzen), None if none were kept
-    seconds: float
+    seconds: float  # compute time of its units (one worker each), summed
     # ImageNet: whether the label left the clean image's top 5 (and its true label), for every
     # setting whatever its own criterion; the paper scores ImageNet classifiers both ways.
     success_top5: np.ndarray | None = None
@@ -148,14 +148,15 @@ def _left_top5(clean_logits: np.ndarray, y: np.ndarray, pred: np.ndarray) -> np.
     return ~((top5 == pred[:, None]).any(1) | (pred == y))
 
 
-def _assemble(parts: list[dict[str, np.ndarray]], y: np.ndarray, seconds: float) -> AttackOutcome:
+def _assemble(parts: list[dict[str, np.ndarray]], y: np.ndarray) -> AttackOutcome:
     from .units import SVM_KINDS, unpack
 
     cat = lambda k: np.concatenate([p[k] for p in parts])  # noqa: E731
     kept = [p["maps"] for p in parts if "maps" in p]
     return AttackOutcome(y=y, success=cat("success"), pred=cat("pred"), logits=cat("logits"), l2=cat("l2"),
                          linf=cat("linf"), codes={k: np.concatenate([unpack(p, k) for p in parts]) for k in SVM_KINDS},
-                         maps=np.concatenate(kept) if kept else None, seconds=seconds)
+                         maps=np.concatenate(kept) if kept else None,
+                         seconds=float(sum(float(p["seconds"]) for p in parts if "seconds" in p)))
 
 
 # ------------------------------------------------------------------------------------ main job
@@ -233,12 +234,12 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         attack_sets = {"train": (x_tr[fit_pos], y_tr[fit_pos], idx_tr[fit_pos]),
                        "test": (x_te[nat_te_pos], y_te[nat_te_pos], idx_te[nat_te_pos])}
         clean_logits = {"train": nat["train"]["logits"][fit_pos], "test": nat["test"]["logits"][nat_te_pos]}
-        outcomes: dict[str, dict[str, AttackOutcome]] = {}
+        # All units of all settings go to the executor at once, so k workers stay busy across
+        # settings instead of waiting at the end of each one (a setting's last chunks).
+        units, spans = [], []
         for s in settings:
-            outcomes[s.key] = {}
             for part, (x, y, idx) in attack_sets.items():
-                t0 = time.time()
-                units = []
+                start = len(units)
                 for sl in _chunks(len(x), cfg.chunk_size):
                     keep = part == "test" or sl.start < cfg.metzen_max_train
                     key = {**base, "split": part, "indices": idx[sl].tolist(), "attack": s.attack, "eps": s.eps,
@@ -246,11 +247,16 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                            "pooled": cfg.pooled, "maps": keep}
                     units.append((key, (s, x[sl], y[sl], cfg.layer, thresholds, cfg.pool, cfg.pooled, keep,
                                         cfg.batch_size, device)))
-                parts = grid.run("attack", attack_chunk, units, f"{s.label} ({part})")
-                outcomes[s.key][part] = _assemble(parts, y.numpy(), time.time() - t0)
-                if cfg.dataset == "imagenet-val":
-                    outcomes[s.key][part].success_top5 = _left_top5(clean_logits[part], y.numpy(),
-                                                                    outcomes[s.key][part].pred)
+                spans.append((s, part, y, start, len(units)))
+        parts = grid.run("attack", attack_chunk, units, f"attacks ({len(settings)} settings)")
+        outcomes: dict[str, dict[str, AttackOutcome]] = {s.key: {} for s in settings}
+        for s, part, y, start, stop in spans:
+            outcomes[s.key][part] = _assemble(parts[start:stop], y.numpy())
+            if cfg.dataset == "imagenet-val":
+                outcomes[s.key][part].success_top5 = _left_top5(clean_logits[part], y.numpy(),
+                                                                outcomes[s.key][part].pred)
+        del parts
+        for s in settings:
             log.info("%s: success train %.3f test %.3f", s.label, outcomes[s.key]["train"].success.mean(),
                      outcomes[s.key]["test"].success.mean())
 

@@ -10,6 +10,7 @@ process, in a worker process or on a Ray node (:mod:`safetynet.executors`).
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -68,6 +69,7 @@ def attack_chunk(model: nn.Module, setting: AttackSetting, x: torch.Tensor, y: t
     from ..attacks import Misclassification, TopKMisclassification
     from ..attacks.batched import attack_in_batches
 
+    t0 = time.perf_counter()
     model = _on(model, device)
     x, y = x.to(device), y.to(device)
 
@@ -89,6 +91,9 @@ def attack_chunk(model: nn.Module, setting: AttackSetting, x: torch.Tensor, y: t
         out[f"units:{kind}"] = np.asarray(codes.shape[1])
     if keep_maps:
         out["maps"] = m.numpy()
+    # The unit's own compute time, cached with it: per-setting costs stay measurable when units of
+    # several settings share the workers, and after a resume (benchmarks/grid_projection.py).
+    out["seconds"] = np.asarray(time.perf_counter() - t0)
     return out
 
 
