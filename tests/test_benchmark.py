@@ -65,7 +65,7 @@ def run(digits_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     user = Defence("energy", digits_model, EnergyDetector(digits_model).fit(load_digits("train").images[-300:]))
     torch.manual_seed(0)
-    cfg = _tiny(out, digits_model, detectors=["safetynet", "confidence", "mahalanobis", "lid", "kdbu"])
+    cfg = _tiny(out, digits_model, detectors=["safetynet", "confidence", "mahalanobis", "lid", "kdbu"], n_adaptive=16)
     return cfg, run_benchmark(cfg, defences={"energy": user}), user, out
 
 
@@ -90,6 +90,13 @@ def test_benchmark_writes_the_four_parts_with_numbers_as_numbers(run):
     for d in ("ori", "safetynet", "mahalanobis", "lid", "kdbu", "confidence", "energy"):
         assert {(d, "linf", 0.05), (d, "linf", 0.1), (d, "l2", 0.5), (d, "l2", 1.0)} <= got
     assert res["flags"] and all(isinstance(f["triggered"], bool) for f in res["flags"])
+    # Only the first n_adaptive test images face the adaptive rows; the clean accuracy they imply is theirs.
+    from safetynet.data import load_dataset
+
+    te = load_dataset("digits", "test")
+    with torch.no_grad():
+        acc16 = float((cfg.model(te.images_u8[:16].float() / 255).argmax(1) == te.labels[:16]).float().mean())
+    assert res["clean"]["n_adaptive"] == 16 and res["clean"]["accuracy_adaptive"] == pytest.approx(acc16)
     assert any(c["norm"] == "l2" and c["detection_eps"] == 1.0 and c["exact"] for c in res["consistency"])
     text = (out / "report.md").read_text()
     for part in ("(a) Type-I detection", "(b) Adaptive", "(c) Reliability flags", "(d) Consistency", "RobustBench"):

@@ -41,6 +41,8 @@ class BenchmarkConfig:
     quick: bool = setting(False, "small offline run on the embedded cifar10-sample: n=40, few steps, two training "
                                  "attacks (under 10 minutes at one thread); overrides those settings")
     n: int = setting(500, "the first N test images, unshuffled, are attacked")
+    n_adaptive: int = setting(100, "the first N of those also face the adaptive attacks (every detector x row x "
+                                   "budget: the costly part; published adaptive evaluations use 100-1,000 images)")
     n_fit: int = setting(2000, "training images (seeded subset) to fit and calibrate the detectors on")
     calibration: float = setting(0.2, "share of the natural fit images held out to set each threshold")
     target_fpr: float = setting(0.05, "false-positive rate on held-out clean images that sets every threshold")
@@ -86,7 +88,7 @@ class BenchmarkConfig:
     def validate(self) -> None:
         if self.dataset not in ("cifar10", "cifar10-sample", "digits"):
             raise InputError(f"dataset must be cifar10, cifar10-sample or digits, got {self.dataset!r}")
-        for name in ("n", "n_fit", "steps", "cw_steps", "cw_search", "square_queries", "deepfool_steps",
+        for name in ("n", "n_adaptive", "n_fit", "steps", "cw_steps", "cw_search", "square_queries", "deepfool_steps",
                      "metzen_epochs", "mc_samples", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -51,7 +51,8 @@ def write_benchmark_report(out: Path, cfg: BenchmarkConfig, results: dict[str, A
     rep = MarkdownReport(out / "report.md", title="Detector benchmark: SafetyNet and the published baselines")
     clean = results["clean"]
     rep.paragraph(f"Classifier `{results['model']}` on `{results['dataset']}`: {clean['n']} test images attacked "
-                  f"(clean accuracy {clean['accuracy']:.1%}). Detectors fitted on {results['split']['natural_fit']} "
+                  f"(clean accuracy {clean['accuracy']:.1%}), the first {clean['n_adaptive']} of them also by the "
+                  f"adaptive attacks (clean accuracy {clean['accuracy_adaptive']:.1%}). Detectors fitted on {results['split']['natural_fit']} "
                   f"natural fit images and their adversarials; every threshold set on "
                   f"{results['split']['calibration']} held-out clean images at {cfg.target_fpr:.0%} FPR. "
                   f"Run time {results['seconds']:.0f} s." + (" **Quick setting** (small n, few steps): a smoke "
