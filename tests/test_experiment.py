@@ -13,7 +13,7 @@ from safetynet.cli import main
 from safetynet.errors import InputError
 from safetynet.exit_codes import EXIT_BAD_INPUT
 from safetynet.experiment import ExperimentConfig, attack_grid, run_experiment
-from safetynet.experiment.run import _stratified_order
+from safetynet.experiment.splits import stratified_order as _stratified_order
 
 
 def _spied_run(cfg: ExperimentConfig) -> tuple[dict, dict]:

@@ -213,14 +213,18 @@ def test_fgsm_bim_bim_l2_match_torchattacks_at_224(lite0, attacked, torchattacks
     torch.testing.assert_close(BIM(steps=3, step_size=0.5 / 255)(lite0, x, y, eps=eps).clipped, ref, atol=1e-5, rtol=0)
     # torchattacks' PGDL2 without random start is BIM-L2. One step agrees to 1e-7; from the
     # second step on, float32 rounding differences of ~1e-7 in the iterate cross ReLU6 kinks of
-    # this 16-block network, and after 3 steps single pixels differ by up to ~7e-5 (0.02/255,
-    # below one grey level) while the perturbation norms agree to 0.1 %. (On the CIFAR models the
-    # iterates stay within 1e-5 for 5 steps: tests/test_peers.py.)
+    # this 16-block network: after 3 steps a few pixels differ (measured: 174 of 602,112 by up to
+    # 9.7e-4 = 0.25/255 on an AVX2-only VM; up to ~7e-5 on an AVX-512 one, whose conv kernels round
+    # differently), while the perturbation norms agree to 0.1 %. A wrong step would move most pixels,
+    # (an L2 step of 0.4 spread over 150,528 elements is ~1e-3 per element), so: 99 % of the elements
+    # equal to 1e-4 (measured 99.97 %), none off by a grey level, norms to 0.2 %.
     ref = torchattacks.PGDL2(lite0, eps=1.0, alpha=0.4, steps=1, random_start=False)(x.contiguous(), y)
     torch.testing.assert_close(BIML2(steps=1, step_size=0.4)(lite0, x, y, eps=1.0).clipped, ref, atol=1e-5, rtol=0)
     ref = torchattacks.PGDL2(lite0, eps=1.0, alpha=0.4, steps=3, random_start=False)(x.contiguous(), y)
     ours = BIML2(steps=3, step_size=0.4)(lite0, x, y, eps=1.0).clipped
-    torch.testing.assert_close(ours, ref, atol=2e-4, rtol=0)
+    diff = (ours - ref).abs()
+    assert float((diff > 1e-4).float().mean()) < 0.01 and float(diff.max()) < 1 / 255, \
+        (float((diff > 1e-4).float().mean()), float(diff.max()))
     torch.testing.assert_close(_l2(x, ours), _l2(x, ref), atol=0, rtol=2e-3)
 
 
