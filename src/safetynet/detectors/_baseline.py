@@ -42,7 +42,7 @@ from .._io import atomic_path, write_json_atomic
 from .._validation import check_images, check_labels
 from ..errors import CheckpointError, InputError
 
-__all__ = ["FeatureLogisticDetector", "check_int", "check_number", "head_module"]
+__all__ = ["FeatureLogisticDetector", "check_int", "check_number", "head_module", "tapped_layers"]
 
 WEIGHTS = "detector.safetensors"
 CONFIG = "detector.json"
@@ -61,6 +61,16 @@ def check_number(value: Any, name: str, *, low: float = 0.0, low_open: bool = Fa
         bound = f"{'>' if low_open else '>='} {low:g}" + ("" if high is None else f" and < {high:g}")
         raise InputError(f"{name} must be a number {bound}, got {value!r}")
     return float(value)
+
+
+def tapped_layers(model: nn.Module, layers: tuple[str, ...] | list[str] | None) -> list[str]:
+    """``layers`` (default: the model's ``late_relus``), checked to be modules of the model."""
+    from ..taps import resolve_layers
+
+    layers = layers if layers is not None else getattr(model, "late_relus", None)
+    if not layers:
+        raise InputError("the model has no late_relus; give layers= the module names to tap")
+    return list(resolve_layers(model, list(layers)))
 
 
 def head_module(model: nn.Module, head: str | None) -> tuple[str, nn.Linear]:
@@ -114,9 +124,10 @@ class FeatureLogisticDetector(BaseEstimator):
     @abstractmethod
     def _validate_params(self) -> None: ...
 
-    @abstractmethod
     def _reference_split(self, n: int) -> int:
-        """How many of ``n`` natural images fit the statistics (the rest train the regression)."""
+        """How many of ``n`` natural images fit the statistics (the rest train the regression):
+        the share ``reference_share`` by default."""
+        return int(round(self.reference_share * n))
 
     @abstractmethod
     def _fit_statistics(self, x: torch.Tensor, labels: torch.Tensor) -> None:

@@ -105,9 +105,6 @@ class KDBUDetector(FeatureLogisticDetector):
         check_number(self.reference_share, "reference_share", low_open=True, high=1.0)
         self.head_name_, self.head_ = head_module(self.model, self.head)
 
-    def _reference_split(self, n: int) -> int:
-        return int(round(self.reference_share * n))
-
     characteristic_names_ = ["kd", "bu"]
 
     def _fit_statistics(self, x: torch.Tensor, labels: torch.Tensor) -> None:

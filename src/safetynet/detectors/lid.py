@@ -36,8 +36,8 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import InputError
-from ..taps import extract_activations, forward_with_taps, resolve_layers
-from ._baseline import FeatureLogisticDetector, check_int
+from ..taps import extract_activations, forward_with_taps
+from ._baseline import FeatureLogisticDetector, check_int, tapped_layers
 
 __all__ = ["LIDDetector", "lid_mle"]
 
@@ -97,10 +97,7 @@ class LIDDetector(FeatureLogisticDetector):
         check_int(self.reference_size, "reference_size", low=3)
         if self.k >= self.reference_size:
             raise InputError(f"k={self.k} must be smaller than reference_size={self.reference_size}")
-        layers = self.layers if self.layers is not None else getattr(self.model, "late_relus", None)
-        if not layers:
-            raise InputError("the model has no late_relus; give layers= the module names to tap")
-        self.layers_ = list(resolve_layers(self.model, list(layers)))
+        self.layers_ = tapped_layers(self.model, self.layers)
 
     def _reference_split(self, n: int) -> int:
         if n < self.reference_size + 2:

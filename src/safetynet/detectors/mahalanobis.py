@@ -44,8 +44,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..taps import extract_activations, forward_with_taps, resolve_layers
-from ._baseline import FeatureLogisticDetector, check_number
+from ..taps import extract_activations, forward_with_taps
+from ._baseline import FeatureLogisticDetector, check_number, tapped_layers
 
 __all__ = ["MahalanobisDetector", "spatial_mean"]
 
@@ -86,16 +86,7 @@ class MahalanobisDetector(FeatureLogisticDetector):
     def _validate_params(self) -> None:
         check_number(self.noise, "noise")
         check_number(self.reference_share, "reference_share", low_open=True, high=1.0)
-        self.layers_ = self._layers()
-
-    def _layers(self) -> list[str]:
-        layers = self.layers if self.layers is not None else getattr(self.model, "late_relus", None)
-        if not layers:
-            raise InputError("the model has no late_relus; give layers= the module names to tap")
-        return list(resolve_layers(self.model, list(layers)))
-
-    def _reference_split(self, n: int) -> int:
-        return int(round(self.reference_share * n))
+        self.layers_ = tapped_layers(self.model, self.layers)
 
     def _needs_input_grad(self) -> bool:
         return self.noise > 0
