@@ -25,15 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from _attack_bench import REPO, attack_summary, batched, environment, timed  # noqa: E402
 
 
 def _default_model() -> str:
@@ -59,26 +56,10 @@ def _load_model(spec: str) -> tuple[torch.nn.Module, str]:
     return pretrained(spec).eval(), f"pretrained:{spec}"
 
 
-def _summary(model, x, y, adv, seconds) -> dict:
-    with torch.no_grad():
-        correct = model(x).argmax(1) == y
-        fooled = model(adv).argmax(1) != y
-    l2 = (adv - x).flatten(1).norm(dim=1)
-    sel = fooled & correct
-    return {"images": len(x), "seconds": round(seconds, 3), "images_per_second": round(len(x) / seconds, 3),
-            "success_rate": round(float(fooled.double().mean()), 4),
-            "median_l2": round(float(l2[sel].median()), 4) if sel.any() else None,
-            "max_linf": round(float((adv - x).abs().amax()), 6)}
 
 
-def _timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
 
 
-def _batched(fn, x, y, batch_size):
-    return torch.cat([fn(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def bench_gradients(model, x, classes=10, repeats=2) -> dict:
@@ -109,7 +90,7 @@ def bench_gradients(model, x, classes=10, repeats=2) -> dict:
     for name, fn in (("backward_per_class", loop), ("is_grads_batched", batched), ("func_vjp_vmap", func)):
         times = []
         for _ in range(repeats):
-            out, dt = _timed(fn)
+            out, dt = timed(fn)
             times.append(dt)
         res[name] = {"seconds": round(min(times), 3), "images_per_second": round(n / min(times), 1),
                      "max_abs_diff_vs_loop": float((out.detach() - ref).abs().max())}
@@ -152,27 +133,27 @@ def main(argv=None) -> int:
     DeepFool(steps=2)(model, x[:4], y[:4])
 
     ours = DeepFool(steps=50, overshoot=0.02, candidates=10)
-    adv, dt = _timed(lambda: _batched(lambda a, b: ours(model, a, b).clipped, x, y, bs))
-    df = {"ours": _summary(model, x, y, adv, dt)}
+    adv, dt = timed(lambda: batched(lambda a, b: ours(model, a, b).clipped, x, y, bs))
+    df = {"ours": attack_summary(model, x, y, adv, dt)}
     print("deepfool ours", df["ours"], flush=True)
     # Fewer candidate classes (the most likely ones on the clean image) cut the backward passes
     # per step from 9 to 3; the nearest boundary is almost always among them.
     fast = DeepFool(steps=50, overshoot=0.02, candidates=3)
-    adv, dt = _timed(lambda: _batched(lambda a, b: fast(model, a, b).clipped, x, y, bs))
-    df["ours_3_candidates"] = _summary(model, x, y, adv, dt)
+    adv, dt = timed(lambda: batched(lambda a, b: fast(model, a, b).clipped, x, y, bs))
+    df["ours_3_candidates"] = attack_summary(model, x, y, adv, dt)
     print("deepfool ours, 3 candidates", df["ours_3_candidates"], flush=True)
     if not args.skip_foolbox:
         fmodel = fb.PyTorchModel(model, bounds=(0, 1))
         fatk = fb.attacks.L2DeepFoolAttack(steps=50, overshoot=0.02, candidates=10)
-        adv, dt = _timed(lambda: _batched(lambda a, b: fatk(fmodel, a, b, epsilons=None)[1], x, y, bs))
-        df["foolbox"] = _summary(model, x, y, adv, dt)
+        adv, dt = timed(lambda: batched(lambda a, b: fatk(fmodel, a, b, epsilons=None)[1], x, y, bs))
+        df["foolbox"] = attack_summary(model, x, y, adv, dt)
         print("deepfool foolbox", df["foolbox"], flush=True)
     xs, ys = x[:nt], y[:nt]
-    adv_ours, dt = _timed(lambda: ours(model, xs, ys).clipped)
-    df["ours_subset"] = _summary(model, xs, ys, adv_ours, dt)
+    adv_ours, dt = timed(lambda: ours(model, xs, ys).clipped)
+    df["ours_subset"] = attack_summary(model, xs, ys, adv_ours, dt)
     tatk = torchattacks.DeepFool(model, steps=50, overshoot=0.02)
-    adv, dt = _timed(lambda: tatk(xs, ys))
-    df["torchattacks_subset"] = _summary(model, xs, ys, adv, dt)
+    adv, dt = timed(lambda: tatk(xs, ys))
+    df["torchattacks_subset"] = attack_summary(model, xs, ys, adv, dt)
     with torch.no_grad():  # median L2 on the images both fooled (each median above is over its own successes)
         common = (model(adv_ours).argmax(1) != ys) & (model(adv).argmax(1) != ys) & (model(xs).argmax(1) == ys)
     if common.any():
@@ -199,14 +180,14 @@ def main(argv=None) -> int:
         ("pgd10", lambda a, b: PGD(steps=10, step_size=alpha, random_start=False)(model, a, b, eps=eps).clipped,
          torchattacks.PGD(model, eps=eps, alpha=alpha, steps=10, random_start=False)),
     ):
-        adv_o, dt_o = _timed(lambda fn=ours_fn: _batched(fn, x, y, bs))
-        adv_r, dt_r = _timed(lambda fn=ref_fn: _batched(fn, x, y, bs))
+        adv_o, dt_o = timed(lambda fn=ours_fn: batched(fn, x, y, bs))
+        adv_r, dt_r = timed(lambda fn=ref_fn: batched(fn, x, y, bs))
         # Ours runs its convolutions channels-last internally; torchattacks keeps the layout it is
         # given, so it also gets channels-last images: the like-for-like comparison.
         x_cl = x.contiguous(memory_format=torch.channels_last)
-        adv_rc, dt_rc = _timed(lambda fn=ref_fn: _batched(fn, x_cl, y, bs))
-        results[name] = {"ours": _summary(model, x, y, adv_o, dt_o), "torchattacks": _summary(model, x, y, adv_r, dt_r),
-                         "torchattacks_channels_last": _summary(model, x, y, adv_rc, dt_rc),
+        adv_rc, dt_rc = timed(lambda fn=ref_fn: batched(fn, x_cl, y, bs))
+        results[name] = {"ours": attack_summary(model, x, y, adv_o, dt_o), "torchattacks": attack_summary(model, x, y, adv_r, dt_r),
+                         "torchattacks_channels_last": attack_summary(model, x, y, adv_rc, dt_rc),
                          "max_abs_diff": float((adv_o - adv_r).abs().max()),
                          "max_abs_diff_channels_last": float((adv_o - adv_rc).abs().max()),
                          "speed_ratio": round(dt_r / dt_o, 2),
@@ -217,13 +198,7 @@ def main(argv=None) -> int:
         results["class_gradients"] = bench_gradients(model, x[: min(128, len(x))])
         print("class gradients", results["class_gradients"], flush=True)
 
-    results["environment"] = {
-        "torch": torch.__version__, "torchattacks": torchattacks.__version__, "foolbox": fb.__version__,
-        "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True, check=False).stdout.strip() or None,
-    }
+    results["environment"] = environment(torchattacks=torchattacks.__version__, foolbox=fb.__version__)
     write_json_atomic(args.out, results)
     print(json.dumps({"deepfool_speedup_vs_torchattacks": df["speedup_vs_torchattacks"],
                       "deepfool_speedup_vs_torchattacks_same_subset": df["speedup_vs_torchattacks_same_subset"],

@@ -25,16 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
+from _attack_bench import REPO, attack_summary, batched, environment, timed  # noqa: E402
 
 
 class TopLogits(nn.Module):
@@ -49,21 +45,8 @@ class TopLogits(nn.Module):
         return self.model(x).gather(1, self.classes)
 
 
-def _summary(model, x, y, adv, seconds) -> dict:
-    with torch.no_grad():
-        correct = model(x).argmax(1) == y
-        fooled = model(adv).argmax(1) != y
-    l2 = (adv - x).flatten(1).norm(dim=1)
-    sel = fooled & correct
-    return {"images": len(x), "seconds": round(seconds, 2), "images_per_second": round(len(x) / seconds, 3),
-            "success_rate": round(float(fooled.double().mean()), 4),
-            "median_l2": round(float(l2[sel].median()), 4) if sel.any() else None}
 
 
-def _timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
 
 
 def main(argv=None) -> int:
@@ -101,25 +84,25 @@ def main(argv=None) -> int:
                      "images": f"the {len(x)} correctly classified of the first {args.n} of {args.data_dir}",
                      "n": args.n, "n_correct": len(x), "batch_size": bs, "threads": args.threads,
                      "clean_top1_first_n": float(correct.double().mean())}
-    batched = lambda fn: torch.cat([fn(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)])  # noqa: E731
+    run = lambda fn: batched(fn, x, y, bs)  # noqa: E731
 
     ours = DeepFool(steps=50, overshoot=0.02, candidates=10)
     DeepFool(steps=1, candidates=2)(model, x[:2], y[:2])  # warm-up outside the timings
-    adv_ours, dt = _timed(lambda: batched(lambda a, b: ours(model, a, b).clipped))
-    df = {"ours": _summary(model, x, y, adv_ours, dt)}
+    adv_ours, dt = timed(lambda: run(lambda a, b: ours(model, a, b).clipped))
+    df = {"ours": attack_summary(model, x, y, adv_ours, dt, bs)}
     print("deepfool ours", df["ours"], flush=True)
     fatk = fb.attacks.L2DeepFoolAttack(steps=50, overshoot=0.02, candidates=11)
     fmodel = fb.PyTorchModel(model, bounds=(0, 1))
-    adv_fb, dt = _timed(lambda: batched(lambda a, b: fatk(fmodel, a, b, epsilons=None)[1]))
-    df["foolbox"] = _summary(model, x, y, adv_fb, dt)
+    adv_fb, dt = timed(lambda: run(lambda a, b: fatk(fmodel, a, b, epsilons=None)[1]))
+    df["foolbox"] = attack_summary(model, x, y, adv_fb, dt, bs)
     print("deepfool foolbox", df["foolbox"], flush=True)
     # torchattacks' target is index 0 of the restricted logits: the clean top-1, the label here.
     top = clean.topk(11, dim=1).indices
     zero = torch.zeros(1, dtype=torch.long)
-    adv_ta, dt = _timed(lambda: torch.cat([
+    adv_ta, dt = timed(lambda: torch.cat([
         torchattacks.DeepFool(TopLogits(model, top[i:i + 1]), steps=50, overshoot=0.02)(x[i:i + 1], zero)
         for i in range(len(x))]))
-    df["torchattacks_top11_logits"] = _summary(model, x, y, adv_ta, dt)
+    df["torchattacks_top11_logits"] = attack_summary(model, x, y, adv_ta, dt, bs)
     print("deepfool torchattacks", df["torchattacks_top11_logits"], flush=True)
     with torch.no_grad():
         fooled = {k: model(a).argmax(1) != y for k, a in (("ours", adv_ours), ("foolbox", adv_fb), ("torchattacks", adv_ta))}
@@ -128,11 +111,11 @@ def main(argv=None) -> int:
         k: round(float((a - x).flatten(1).norm(dim=1)[common].median()), 4)
         for k, a in (("ours", adv_ours), ("foolbox", adv_fb), ("torchattacks", adv_ta))}}
     top5 = DeepFool(steps=50, overshoot=0.02, candidates=10)
-    adv5, dt = _timed(lambda: batched(lambda a, b: top5(model, a, TopKMisclassification(b, k=5)).clipped))
+    adv5, dt = timed(lambda: run(lambda a, b: top5(model, a, TopKMisclassification(b, k=5)).clipped))
     with torch.no_grad():
         pred5 = torch.cat([model(adv5[i:i + bs]).argmax(1) for i in range(0, len(x), bs)])
     left = ~((clean.topk(5, dim=1).indices == pred5[:, None]).any(1) | (pred5 == y))
-    df["ours_top5"] = {**_summary(model, x, y, adv5, dt), "left_top5_rate": round(float(left.double().mean()), 4),
+    df["ours_top5"] = {**attack_summary(model, x, y, adv5, dt, bs), "left_top5_rate": round(float(left.double().mean()), 4),
                        "median_l2_left_top5": round(float((adv5 - x).flatten(1).norm(dim=1)[left].median()), 4)}
     print("deepfool ours top-5", df["ours_top5"], flush=True)
     df["speedup_vs_foolbox"] = round(df["ours"]["images_per_second"] / df["foolbox"]["images_per_second"], 2)
@@ -144,18 +127,13 @@ def main(argv=None) -> int:
     for name, ours_fn, ref in (("fgsm", lambda a, b: FGSM()(model, a, b, eps=eps).clipped, torchattacks.FGSM(model, eps=eps)),
                                ("bim10", lambda a, b: BIM(steps=10, step_size=0.25 / 255)(model, a, b, eps=eps).clipped,
                                 torchattacks.BIM(model, eps=eps, alpha=0.25 / 255, steps=10))):
-        adv_o, dt_o = _timed(lambda fn=ours_fn: batched(fn))
-        adv_r, dt_r = _timed(lambda fn=ref: batched(fn))
-        results[name] = {"ours": _summary(model, x, y, adv_o, dt_o), "torchattacks": _summary(model, x, y, adv_r, dt_r),
+        adv_o, dt_o = timed(lambda fn=ours_fn: run(fn))
+        adv_r, dt_r = timed(lambda fn=ref: run(fn))
+        results[name] = {"ours": attack_summary(model, x, y, adv_o, dt_o, bs), "torchattacks": attack_summary(model, x, y, adv_r, dt_r, bs),
                          "max_abs_diff": float((adv_o - adv_r).abs().max())}
         print(name, results[name], flush=True)
 
-    results["environment"] = {
-        "torch": torch.__version__, "torchattacks": torchattacks.__version__, "foolbox": fb.__version__,
-        "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True, check=False).stdout.strip() or None}
+    results["environment"] = environment(torchattacks=torchattacks.__version__, foolbox=fb.__version__)
     write_json_atomic(args.out, results)
     print(json.dumps({"out": args.out, "speedup_vs_foolbox": df["speedup_vs_foolbox"],
                       "speedup_vs_torchattacks_top11": df["speedup_vs_torchattacks_top11"]}))
