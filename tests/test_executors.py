@@ -33,6 +33,20 @@ def test_bad_executor_settings_are_refused():
     assert isinstance(make_executor(workers=2), ProcessExecutor)
 
 
+def test_local_ray_instance_ignores_a_stale_cluster_address(monkeypatch):
+    # --ray without --ray-address starts our own instance; Ray's default would try to join whatever
+    # RAY_ADDRESS (or /tmp/ray/ray_current_cluster, left behind by a killed cluster) names and then
+    # refuse num_cpus ("When connecting to an existing cluster, num_cpus ... must not be provided").
+    require_module("ray", 'pip install -e ".[test]" (ray is in the test and ray extras)')
+    from safetynet.executors import RayExecutor
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # nothing listens there
+    with make_executor(workers=2, ray=True) as ex:
+        assert isinstance(ex, RayExecutor) and ex.describe()["cluster_cpus"] == 2
+        got = dict(ex.map(ADD, UNITS, shared=(0.5,)))
+    assert got == EXPECTED
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """Ray's multi-node test cluster on this machine: a head and one worker node, one CPU each."""

@@ -140,8 +140,11 @@ class RayExecutor(Executor):
         self.address, self.num_cpus, self.num_gpus, self.workers = address, num_cpus, num_gpus, workers
         self._started = False
         if not self.ray.is_initialized():
-            kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False,
-                                      "configure_logging": False}
+            # address None = our own local instance: Ray's own default would connect to whatever
+            # cluster RAY_ADDRESS or /tmp/ray/ray_current_cluster names (a stale one after a crash,
+            # or someone else's), and then refuse num_cpus; "local" always starts a new instance.
+            kwargs: dict[str, Any] = {"address": address or "local", "include_dashboard": False,
+                                      "log_to_driver": False, "configure_logging": False}
             if address is None and workers is not None:
                 kwargs["num_cpus"] = workers * num_cpus
             self.ray.init(**kwargs)
