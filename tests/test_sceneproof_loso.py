@@ -14,7 +14,7 @@ from safetynet.exit_codes import EXIT_BAD_INPUT, EXIT_OK
 from safetynet.sceneproof import loso
 from safetynet.sceneproof.fakes import (ADVERSARY_FAKES, PLANE_FOCAL, flat_print, luminance, luminance_depth, make_fakes,
                                         screen_photo)
-from safetynet.sceneproof.features import FEATURE_NAMES, edge_agreement, frame_features, plane_residual
+from safetynet.sceneproof.features import FEATURE_NAMES, chamfer_ratio, edge_agreement, frame_features, plane_residual
 from safetynet.sceneproof.frames import FrameSet
 from safetynet.sceneproof.loso_config import LosoConfig
 
@@ -233,3 +233,19 @@ def test_loso_config_defaults_keep_unfamiliar_kinds_out_of_training():
     cfg = LosoConfig()
     cfg.validate()
     assert not set(cfg.train_kinds) & set(cfg.unfamiliar_kinds)
+
+
+def test_chamfer_ratio_aligned_edges_are_near_and_swapped_ones_are_not():
+    H, W = 64, 96
+    image = np.full((3, H, W), 0.2)
+    image[:, 20:40, 30:60] = 0.9  # a bright box
+    lum = 0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]
+    valid = np.ones((H, W), bool)
+    box = np.zeros((H, W))
+    box[20:40, 30:60] = -0.5  # the box is nearer: its outline is a depth edge
+    near, _ = chamfer_ratio(lum, box, valid)
+    assert near == pytest.approx(0.0, abs=1e-9)  # every depth edge pixel lies on an image edge
+    other = np.zeros((H, W))
+    other[5:15, 70:90] = -0.5  # a depth edge somewhere the image has none
+    far, _ = chamfer_ratio(lum, other, valid)
+    assert far > 1.0  # farther from the image edges than an average pixel

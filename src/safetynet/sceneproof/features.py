@@ -14,7 +14,8 @@ on some cameras has a chance on others. Groups:
   (catches depth made from brightness);
 * colour-depth edge agreement at scales 1, 2 and 4: do depth discontinuities coincide with image
   edges, and do they coincide better unshifted than shifted by 3 pixels (on average over 4 directions) (catches swapped and
-  shifted depth);
+  shifted depth); and the same as distances: how near depth edges lie to image edges relative
+  to chance (a chamfer ratio);
 * depth noise and smoothness: Laplacian of log-depth, flat share, equal-neighbour share and
   unique-level share (rendered depth is noise-free, down-up sampled depth is blocky);
 * JPEG blockiness of image and depth on the 8-pixel grid.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["FEATURE_NAMES", "edge_agreement", "frame_features", "plane_residual"]
+__all__ = ["FEATURE_NAMES", "chamfer_ratio", "edge_agreement", "frame_features", "plane_residual"]
 
 SCALES = (1, 2, 4)
 #: A log-depth step this large between neighbours is a depth edge (a 5 % jump, any depth unit).
@@ -44,6 +45,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"edge_agree_s{s}" for s in SCALES), *(f"edge_recall_s{s}" for s in SCALES),
     *(f"edge_grad_corr_s{s}" for s in SCALES),
     "edge_agree_shift_gain", "depth_edge_share",
+    *(f"chamfer_depth_to_image_s{s}" for s in SCALES), "chamfer_image_to_depth_s1", "chamfer_shift_gain",
     "lap_log_depth_p50", "lap_log_depth_p90", "flat_share", "grad_log_depth_p50", "grad_log_depth_p90",
     "depth_equal_neighbours", "depth_unique_share", "image_equal_neighbours",
     "image_blockiness", "depth_blockiness", "lum_std", "image_highfreq", "image_highfreq_on_flat_depth",
@@ -127,6 +129,34 @@ def edge_agreement(lum: np.ndarray, log_depth: np.ndarray, valid: np.ndarray, sh
     return agree, recall, gcorr
 
 
+def chamfer_ratio(lum: np.ndarray, log_depth: np.ndarray, valid: np.ndarray, shift: tuple[int, int] = (0, 0)
+                  ) -> tuple[float, float]:
+    """How close depth edges lie to image edges, relative to chance, and the reverse.
+
+    First value: mean distance (pixels) from each depth edge to the nearest image edge, divided by
+    the mean of that distance over all valid pixels (about 1 when depth edges ignore the image, as
+    for swapped depth; well below 1 for a real capture). Second: the same from strong image edges to
+    the nearest depth edge. 1.0 when there are no edges to compare. ``shift`` as in :func:`edge_agreement`.
+    """
+    gi, _ = _grad(lum, np.ones_like(valid))
+    if shift != (0, 0):
+        log_depth = np.roll(log_depth, shift, axis=(0, 1))
+        valid = np.roll(valid, shift, axis=(0, 1))
+    gd, ok = _grad(log_depth, valid)
+    if ok.sum() < 10:
+        return 1.0, 1.0
+    img_edge = gi > max(float(np.quantile(gi[ok], 1 - IMAGE_EDGE_SHARE)), MIN_IMAGE_EDGE)
+    dep_edge = (gd > DEPTH_EDGE) & ok
+    out = []
+    for edges, at in ((img_edge, dep_edge), (dep_edge, img_edge & ok)):
+        if not edges.any() or not at.any():
+            out.append(1.0)
+            continue
+        dist = ndimage.distance_transform_edt(~edges)
+        out.append(float(dist[at].mean() / (dist[ok].mean() + 1e-6)))
+    return out[0], out[1]
+
+
 def _blockiness(x: np.ndarray, ok: np.ndarray, block: int = 8) -> float:
     """Mean |horizontal step| on the ``block`` grid divided by the mean step elsewhere (1 = no blocks)."""
     d = np.abs(np.diff(x, axis=1))
@@ -193,9 +223,15 @@ def frame_features(image: np.ndarray, depth: np.ndarray, valid: np.ndarray) -> n
         ds = _shrink(np.where(valid, logd, 0.0), s, "mean")
         a, r, c = edge_agreement(ls, ds, vs)
         f[f"edge_agree_s{s}"], f[f"edge_recall_s{s}"], f[f"edge_grad_corr_s{s}"] = a, r, c
+        ch = chamfer_ratio(ls, ds, vs)
+        f[f"chamfer_depth_to_image_s{s}"] = ch[0]
+        if s == 1:
+            f["chamfer_image_to_depth_s1"] = ch[1]
     shifted = [edge_agreement(lum, logd, valid, sh)[0] for sh in ((0, SHIFT), (0, -SHIFT), (SHIFT, 0), (-SHIFT, 0))]
     # Mean, not max: an edge along the shift direction still agrees after the shift.
     f["edge_agree_shift_gain"] = f["edge_agree_s1"] - float(np.mean(shifted))
+    ch_shifted = [chamfer_ratio(lum, logd, valid, sh)[0] for sh in ((0, SHIFT), (0, -SHIFT), (SHIFT, 0), (-SHIFT, 0))]
+    f["chamfer_shift_gain"] = float(np.mean(ch_shifted)) - f["chamfer_depth_to_image_s1"]
     gd, ok = _grad(logd, valid)
     if ok.any():
         f["depth_edge_share"] = float((gd[ok] > DEPTH_EDGE).mean())

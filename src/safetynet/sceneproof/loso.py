@@ -400,7 +400,7 @@ def run_loso(cfg: LosoConfig) -> dict[str, Any]:
         if cnn_bundle is not None:
             entry["cnn"] = _rates(_cnn_verdicts(test.cnn), test.kind, kinds)
         per_source[name] = entry
-        log.info("held out %s: real accepted %.2f", name, entry["features"]["real_accepted"] or float("nan"))
+        log.info("held out %s: real accepted %s", name, entry["features"]["real_accepted"])
     t = lap("folds", t)
 
     results: dict[str, Any] = {

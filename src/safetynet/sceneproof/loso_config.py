@@ -11,9 +11,11 @@ from ..errors import InputError
 __all__ = ["LOSO_TRAIN_KINDS", "LOSO_UNFAMILIAR_KINDS", "LosoConfig"]
 
 #: Fakes the feature model is trained on (made from the training sources' frames).
-LOSO_TRAIN_KINDS = ("swap_depth", "shift_scale_depth", "predicted_depth", "screen_photo", "luminance_depth")
-#: Fakes never shown in training ("unfamiliar", like the paper's Table 3), reported separately.
-LOSO_UNFAMILIAR_KINDS = ("flat_print", "zero_depth", "down_up_sample", "jpeg_degrade", "rendered", "insert_region")
+LOSO_TRAIN_KINDS = ("swap_depth", "shift_scale_depth", "predicted_depth", "screen_photo", "luminance_depth", "rendered",
+                    "down_up_sample")
+#: Fakes never shown in training ("unfamiliar", like the paper's Table 3), reported separately; the
+#: rendered and estimated folders of rgbd-fakes/ are unfamiliar too (reporting only).
+LOSO_UNFAMILIAR_KINDS = ("flat_print", "zero_depth", "jpeg_degrade", "insert_region")
 
 
 @dataclass
