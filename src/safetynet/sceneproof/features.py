@@ -102,6 +102,22 @@ def _shrink(x: np.ndarray, s: int, how: str) -> np.ndarray:
     return b.mean(axis=(1, 3)) if how == "mean" else b.min(axis=(1, 3))
 
 
+def _edges(lum: np.ndarray, log_depth: np.ndarray, valid: np.ndarray, shift: tuple[int, int]
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(image gradient, depth gradient, where the depth gradient is defined, strong image edges,
+    depth edges), depth moved by ``shift`` first; None when too little depth has a gradient."""
+    gi, _ = _grad(lum, np.ones_like(valid))
+    if shift != (0, 0):
+        log_depth = np.roll(log_depth, shift, axis=(0, 1))
+        valid = np.roll(valid, shift, axis=(0, 1))
+    gd, ok = _grad(log_depth, valid)
+    if ok.sum() < 10:
+        return None
+    # A floor on the threshold keeps sensor noise of a flat image from counting as edges.
+    strong = gi > max(float(np.quantile(gi[ok], 1 - IMAGE_EDGE_SHARE)), MIN_IMAGE_EDGE)
+    return gi, gd, ok, strong, (gd > DEPTH_EDGE) & ok
+
+
 def edge_agreement(lum: np.ndarray, log_depth: np.ndarray, valid: np.ndarray, shift: tuple[int, int] = (0, 0)
                    ) -> tuple[float, float, float]:
     """(share of depth edges on an image edge, share of image edges on a depth edge, gradient correlation).
@@ -110,20 +126,14 @@ def edge_agreement(lum: np.ndarray, log_depth: np.ndarray, valid: np.ndarray, sh
     depth edges are log-depth gradients above ``DEPTH_EDGE``. ``shift`` moves the depth maps by
     (dy, dx) pixels first (with wrap-around, on purpose cheap: only used to compare with 0 shift).
     """
-    gi, _ = _grad(lum, np.ones_like(valid))
-    if shift != (0, 0):
-        log_depth = np.roll(log_depth, shift, axis=(0, 1))
-        valid = np.roll(valid, shift, axis=(0, 1))
-    gd, ok = _grad(log_depth, valid)
-    if ok.sum() < 10:
+    edges = _edges(lum, log_depth, valid, shift)
+    if edges is None:
         return 0.0, 0.0, 0.0
-    # A floor on the threshold keeps sensor noise of a flat image from counting as edges.
-    thr = max(float(np.quantile(gi[ok], 1 - IMAGE_EDGE_SHARE)), MIN_IMAGE_EDGE)
-    img_edge = ndimage.binary_dilation(gi > thr, iterations=1)
-    dep_edge = (gd > DEPTH_EDGE) & ok
+    gi, gd, ok, strong, dep_edge = edges
+    img_edge = ndimage.binary_dilation(strong, iterations=1)
     dep_edge_d = ndimage.binary_dilation(dep_edge, iterations=1)
     agree = float(img_edge[dep_edge].mean()) if dep_edge.any() else 0.0
-    strong_img = (gi > thr) & ok
+    strong_img = strong & ok
     recall = float(dep_edge_d[strong_img].mean()) if strong_img.any() else 0.0
     gcorr = _corr(np.log(gi[ok] + 1e-3), np.log(gd[ok] + 1e-4))
     return agree, recall, gcorr
@@ -138,15 +148,10 @@ def chamfer_ratio(lum: np.ndarray, log_depth: np.ndarray, valid: np.ndarray, shi
     for swapped depth; well below 1 for a real capture). Second: the same from strong image edges to
     the nearest depth edge. 1.0 when there are no edges to compare. ``shift`` as in :func:`edge_agreement`.
     """
-    gi, _ = _grad(lum, np.ones_like(valid))
-    if shift != (0, 0):
-        log_depth = np.roll(log_depth, shift, axis=(0, 1))
-        valid = np.roll(valid, shift, axis=(0, 1))
-    gd, ok = _grad(log_depth, valid)
-    if ok.sum() < 10:
+    edges = _edges(lum, log_depth, valid, shift)
+    if edges is None:
         return 1.0, 1.0
-    img_edge = gi > max(float(np.quantile(gi[ok], 1 - IMAGE_EDGE_SHARE)), MIN_IMAGE_EDGE)
-    dep_edge = (gd > DEPTH_EDGE) & ok
+    _, _, ok, img_edge, dep_edge = edges
     out = []
     for edges, at in ((img_edge, dep_edge), (dep_edge, img_edge & ok)):
         if not edges.any() or not at.any():
