@@ -102,11 +102,16 @@ def _shrink(x: np.ndarray, s: int, how: str) -> np.ndarray:
     return b.mean(axis=(1, 3)) if how == "mean" else b.min(axis=(1, 3))
 
 
-def _edges(lum: np.ndarray, log_depth: np.ndarray, valid: np.ndarray, shift: tuple[int, int]
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+Edges = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _edges(lum: np.ndarray, log_depth: np.ndarray, valid: np.ndarray, shift: tuple[int, int],
+           gi: np.ndarray | None = None) -> Edges | None:
     """(image gradient, depth gradient, where the depth gradient is defined, strong image edges,
-    depth edges), depth moved by ``shift`` first; None when too little depth has a gradient."""
-    gi, _ = _grad(lum, np.ones_like(valid))
+    depth edges), depth moved by ``shift`` first; None when too little depth has a gradient.
+    ``gi``: the image gradient of ``lum`` if the caller has it (it does not depend on the shift)."""
+    if gi is None:
+        gi, _ = _grad(lum, np.ones_like(valid))
     if shift != (0, 0):
         log_depth = np.roll(log_depth, shift, axis=(0, 1))
         valid = np.roll(valid, shift, axis=(0, 1))
@@ -126,7 +131,11 @@ def edge_agreement(lum: np.ndarray, log_depth: np.ndarray, valid: np.ndarray, sh
     depth edges are log-depth gradients above ``DEPTH_EDGE``. ``shift`` moves the depth maps by
     (dy, dx) pixels first (with wrap-around, on purpose cheap: only used to compare with 0 shift).
     """
-    edges = _edges(lum, log_depth, valid, shift)
+    return _agreement(_edges(lum, log_depth, valid, shift))
+
+
+def _agreement(edges: Edges | None) -> tuple[float, float, float]:
+    """:func:`edge_agreement` of already computed edges."""
     if edges is None:
         return 0.0, 0.0, 0.0
     gi, gd, ok, strong, dep_edge = edges
@@ -148,7 +157,11 @@ def chamfer_ratio(lum: np.ndarray, log_depth: np.ndarray, valid: np.ndarray, shi
     for swapped depth; well below 1 for a real capture). Second: the same from strong image edges to
     the nearest depth edge. 1.0 when there are no edges to compare. ``shift`` as in :func:`edge_agreement`.
     """
-    edges = _edges(lum, log_depth, valid, shift)
+    return _chamfer(_edges(lum, log_depth, valid, shift))
+
+
+def _chamfer(edges: Edges | None) -> tuple[float, float]:
+    """:func:`chamfer_ratio` of already computed edges."""
     if edges is None:
         return 1.0, 1.0
     _, _, ok, img_edge, dep_edge = edges
@@ -222,21 +235,23 @@ def frame_features(image: np.ndarray, depth: np.ndarray, valid: np.ndarray) -> n
     f["corr_lum_depth"] = _corr(lum[valid], d)
     f["corr_lum_invdepth"] = _corr(lum[valid], 1.0 / d)
     f["local_corr_lum_depth"], f["local_corr_lum_depth_p90"] = _local_corr(lum, depth, valid)
+    # Each (scale, shift) edge set is computed once and read by both the agreement and the chamfer
+    # features; the full-resolution image gradient ``gi`` serves every shift.
     for s in SCALES:
         ls = _shrink(lum, s, "mean")
         vs = _shrink(valid.astype(np.float64), s, "min") > 0  # a coarse pixel is valid if all its pixels are
         ds = _shrink(np.where(valid, logd, 0.0), s, "mean")
-        a, r, c = edge_agreement(ls, ds, vs)
+        edges = _edges(ls, ds, vs, (0, 0), gi=gi if s == 1 else None)
+        a, r, c = _agreement(edges)
         f[f"edge_agree_s{s}"], f[f"edge_recall_s{s}"], f[f"edge_grad_corr_s{s}"] = a, r, c
-        ch = chamfer_ratio(ls, ds, vs)
+        ch = _chamfer(edges)
         f[f"chamfer_depth_to_image_s{s}"] = ch[0]
         if s == 1:
             f["chamfer_image_to_depth_s1"] = ch[1]
-    shifted = [edge_agreement(lum, logd, valid, sh)[0] for sh in ((0, SHIFT), (0, -SHIFT), (SHIFT, 0), (-SHIFT, 0))]
+    shifted = [_edges(lum, logd, valid, sh, gi=gi) for sh in ((0, SHIFT), (0, -SHIFT), (SHIFT, 0), (-SHIFT, 0))]
     # Mean, not max: an edge along the shift direction still agrees after the shift.
-    f["edge_agree_shift_gain"] = f["edge_agree_s1"] - float(np.mean(shifted))
-    ch_shifted = [chamfer_ratio(lum, logd, valid, sh)[0] for sh in ((0, SHIFT), (0, -SHIFT), (SHIFT, 0), (-SHIFT, 0))]
-    f["chamfer_shift_gain"] = float(np.mean(ch_shifted)) - f["chamfer_depth_to_image_s1"]
+    f["edge_agree_shift_gain"] = f["edge_agree_s1"] - float(np.mean([_agreement(e)[0] for e in shifted]))
+    f["chamfer_shift_gain"] = float(np.mean([_chamfer(e)[0] for e in shifted])) - f["chamfer_depth_to_image_s1"]
     gd, ok = _grad(logd, valid)
     if ok.any():
         f["depth_edge_share"] = float((gd[ok] > DEPTH_EDGE).mean())
