@@ -104,7 +104,7 @@ def choose_threshold(p_fake: np.ndarray, group: np.ndarray, kind: np.ndarray) ->
     real = kind == REAL
     cands = np.unique(np.concatenate([[0.0, 1.0], p_fake]))
     mids = np.concatenate([(cands[:-1] + cands[1:]) / 2, [1.0]])
-    best, scores = -1.0, []
+    scores = []
     rg = [group[real] == g for g in sorted(set(group[real]))]
     fk = [kind == k for k in sorted(set(kind[~real]))]
     for t in mids:
@@ -207,13 +207,15 @@ def run_loso(cfg: LosoConfig) -> dict[str, Any]:
     t = lap("features", t)
 
     per_source: dict[str, dict[str, Any]] = {}
-    for name, _, _ in loso_splits(groups):
-        train_mask = (rows.group != name) & (rows.donor != name) & np.isin(rows.kind, [REAL, *cfg.train_kinds])
-        model, thr = fit_with_threshold(rows.take(train_mask), cfg)
-        test = rows.take(rows.group == name)
+    for name, train_idx, test_idx in loso_splits(rows.group):
+        train = rows.take(train_idx)
+        # No depth of the held-out source through a donor either, and only the training fake kinds.
+        train = train.take((train.donor != name) & np.isin(train.kind, [REAL, *cfg.train_kinds]))
+        model, thr = fit_with_threshold(train, cfg)
+        test = rows.take(test_idx)
         v = model.verdicts(test.X, thr)
         entry = {"frames": int((test.kind == REAL).sum()), "threshold": thr,
-                 "training_sources": sorted(set(rows.group[train_mask])),
+                 "training_sources": sorted(set(train.group)),
                  "features": _rates(v, test.kind, kinds)}
         if cnn_bundle is not None:
             entry["cnn"] = _rates(_cnn_verdicts(test.cnn), test.kind, kinds)
