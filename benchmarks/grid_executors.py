@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -22,15 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+from _attack_bench import environment  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def _comparable(results: dict) -> dict:
@@ -81,10 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["same_results_as_" + rows[0]["mode"]] = r.pop("_comparable") == reference
         r["speedup_vs_" + rows[0]["mode"]] = round(rows[0]["wall_seconds"] / r["wall_seconds"], 2)
-    doc = {"benchmark": "experiment grid wall time by executor", "argv": sys.argv, "git_commit": _git_commit(),
-           "config": vars(args), "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                             "python": platform.python_version()},
-           "rows": rows}
+    doc = {"benchmark": "experiment grid wall time by executor", "argv": sys.argv, "config": vars(args),
+           "environment": {**environment(), "cpus": os.cpu_count()}, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
