@@ -97,6 +97,7 @@ def fit_detector(name: str, cfg: BenchmarkConfig, model: nn.Module, x_nat: torch
     from ..detectors import KDBUDetector, LIDDetector, MahalanobisDetector, MetzenDetector
     from ..detectors.confidence import ConfidenceDetector
     from ..evaluation.defence import ConfidenceOnImages
+    from ..detectors.svm import narrow_sigma_params
     from ..models.small import SmallCNN
     from ..safetynet import SafetyNet
 
@@ -110,11 +111,9 @@ def fit_detector(name: str, cfg: BenchmarkConfig, model: nn.Module, x_nat: torch
         return SafetyNet(model, layers=[layer], pool=4, detector_params={"random_state": cfg.seed},
                          batch_size=bs).fit(x_nat, x_adv)
     if name == "safetynet-narrow":
-        # The paper's small sigma with gamma fixed in units of the codes' median squared distance, C
-        # cross-validated; the exact solver, because Nystrom approximates a narrow kernel poorly
-        # (benchmarks/README.md). The same detector as the robustness job's "Det A (narrow σ)".
-        params = {"random_state": cfg.seed, "gamma_multipliers": (cfg.narrow_gamma,), "solver": "exact"}
-        return SafetyNet(model, layers=[layer], pool=4, detector_params=params, batch_size=bs).fit(x_nat, x_adv)
+        # The same detector as the robustness job's "Det A (narrow σ)".
+        return SafetyNet(model, layers=[layer], pool=4, detector_params=narrow_sigma_params(cfg.narrow_gamma, cfg.seed),
+                         batch_size=bs).fit(x_nat, x_adv)
     if name == "metzen":
         return MetzenDetector(model, layer=layer, epochs=cfg.metzen_epochs, seed=cfg.seed,
                               extract_batch_size=bs).fit(x_nat, x_adv)
@@ -238,16 +237,17 @@ def run_benchmark(cfg: BenchmarkConfig, defences: dict[str, Defence] | None = No
 
     curves = strongest_curves(res.records)
     clean_acc = float(correct.float().mean())
+    clean_acc_adaptive = float(correct[:n_adaptive].float().mean())  # what the consistency check implies from
     results: dict[str, Any] = {
         "model": task.model_source, "dataset": task.name, "provenance": task.provenance,
         "clean": {"n": len(yt), "accuracy": clean_acc, "n_adaptive": n_adaptive,
-                  "accuracy_adaptive": float(correct[:n_adaptive].float().mean())},
+                  "accuracy_adaptive": clean_acc_adaptive},
         "split": {"natural_fit": len(fit_idx), "calibration": len(cal_idx), "target_fpr": cfg.target_fpr},
         "train_adversarials": train_adv, "test_adversarials": test_adv,
         "thresholds": {f"{det}@{train}": d.threshold for (det, train), d in fitted.items()},
         "detection": detection, "adaptive_records": res.records, "sweep": res.sweeps, "strongest": curves,
         "flags": [f.as_dict() for f in flags],
-        "consistency": consistency_checks(curves, float(correct[:n_adaptive].float().mean())),
+        "consistency": consistency_checks(curves, clean_acc_adaptive),
         "timings": timings,
     }
     results["seconds"] = round(time.time() - t_start, 1)

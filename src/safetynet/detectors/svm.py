@@ -46,6 +46,13 @@ GAMMA_MULTIPLIERS = (1.0, 4.0, 16.0, 64.0)
 C_GRID = (1.0, 10.0, 100.0)
 
 
+def narrow_sigma_params(gamma_multiple: float, random_state: int | None, C: float | None = None) -> dict[str, Any]:
+    """``CodeSVMDetector`` parameters for the paper's small sigma: gamma fixed at ``gamma_multiple`` /
+    median squared code distance (64 = the grid's narrowest), C cross-validated unless given, and
+    the exact solver, because Nystrom approximates a narrow kernel poorly (benchmarks/README.md)."""
+    return {"random_state": random_state, "gamma_multipliers": (gamma_multiple,), "C": C, "solver": "exact"}
+
+
 def check_codes(X: np.ndarray, levels: int | None, owner: str = "CodeSVMDetector") -> np.ndarray:
     """Check that ``X`` holds integer code levels in ``[0, levels)`` and return it as uint8."""
     X = np.asarray(X)

@@ -65,6 +65,7 @@ def fit_defences(cfg: RobustnessConfig, model: nn.Module, x_nat: torch.Tensor, x
                  ) -> tuple[dict[str, Defence], dict[str, Any]]:
     """The four Table-4 columns, fitted on natural vs adversarial fit images; and what was fitted."""
     from ..detectors.metzen import MetzenDetector
+    from ..detectors.svm import narrow_sigma_params
     from ..safetynet import SafetyNet
 
     layers_a, layers_ens = default_layers(model)
@@ -73,10 +74,7 @@ def fit_defences(cfg: RobustnessConfig, model: nn.Module, x_nat: torch.Tensor, x
     params = {"random_state": cfg.seed, "gamma": cfg.gamma, "sigma": cfg.sigma, "C": cfg.C, "solver": cfg.solver}
     specs = [("det_a", layers_a, params), ("det_ens", layers_ens, params)]
     if cfg.narrow_gamma is not None:
-        # The paper's small sigma: gamma fixed in units of the codes' median squared distance (the exact
-        # solver: Nystrom approximates a narrow kernel poorly, benchmarks/README.md), C cross-validated.
-        narrow = {"random_state": cfg.seed, "gamma_multipliers": (cfg.narrow_gamma,), "C": cfg.C, "solver": "exact"}
-        specs.insert(1, ("det_a_narrow", layers_a, narrow))
+        specs.insert(1, ("det_a_narrow", layers_a, narrow_sigma_params(cfg.narrow_gamma, cfg.seed, cfg.C)))
     nets = {key: SafetyNet(model, layers=layers, levels=cfg.levels, pool=cfg.pool, rule="any", detector_params=p,
                            batch_size=cfg.batch_size).fit(x_nat, x_adv)
             for key, layers, p in specs}
