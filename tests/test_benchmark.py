@@ -105,6 +105,46 @@ def test_benchmark_writes_the_four_parts_with_numbers_as_numbers(run):
         assert (out / f).is_file()
 
 
+def test_an_interrupted_benchmark_resumes_from_its_cache(run, digits_model, tmp_path, monkeypatch):
+    """A rerun on the same cache crafts nothing (every attack entry point raises) and gives the same
+    numbers; with some cells lost (an interrupted run) it recomputes only those, to the same numbers."""
+    import safetynet.attacks.adaptive as adaptive
+    import safetynet.attacks.batched as batched
+    import safetynet.evaluation.engine as engine
+
+    cfg, results, user, out = run
+    cache = out / "cache"
+    files = sorted(cache.glob("*.npz"))
+    assert {f.name.split("-")[0] for f in files} == {"type1", "cell"}
+    # One type-I file per training attack and per test attack; one cell per (row, norm, eps).
+    n_cells = len(cfg.adaptive) * (len(cfg.eps_linf) + len(cfg.eps_l2))
+    assert sum(f.name.startswith("cell-") for f in files) == n_cells
+
+    def boom(*a, **k):
+        raise AssertionError("an attack ran although its result is cached")
+
+    def rerun(dest):
+        torch.manual_seed(0)
+        c = dataclasses.replace(cfg, out=str(dest), cache=str(cache))
+        return run_benchmark(c, defences={"energy": user})
+
+    import dataclasses
+
+    with monkeypatch.context() as m:
+        for mod in (batched, engine):
+            m.setattr(mod, "attack_in_batches", boom)
+        m.setattr(adaptive, "sweep", boom)
+        again = rerun(tmp_path / "again")
+    for key in ("detection", "adaptive_records", "sweep", "strongest", "test_adversarials", "train_adversarials"):
+        assert again[key] == results[key], key
+    lost = [f for f in files if f.name.startswith("cell-")][::2]
+    for f in lost:
+        f.unlink()
+    resumed = rerun(tmp_path / "resumed")
+    assert resumed["adaptive_records"] == results["adaptive_records"] and resumed["sweep"] == results["sweep"]
+    assert sorted(cache.glob("*.npz")) == files  # the lost cells were written again, under the same keys
+
+
 def test_strongest_is_the_best_row_per_budget_and_thresholds_are_calibrated(run, digits_model):
     cfg, results, user, _ = run
     recs = [r for r in results["adaptive_records"] if r["attack"] != "none"]

@@ -281,7 +281,7 @@ def test_an_interrupted_run_resumes_to_identical_results(digits_run, digits_chec
 
 
 def test_chunk_store_is_keyed_by_content_and_refuses_damaged_files(tmp_path):
-    from safetynet.experiment.store import ChunkStore, fingerprint, model_fingerprint
+    from safetynet.chunk_store import ChunkStore, fingerprint, model_fingerprint
     from safetynet.models.small import SmallCNN
 
     store = ChunkStore(tmp_path)

@@ -306,3 +306,36 @@ def test_calibration_split_is_disjoint_seeded_and_refuses_too_few():
         RobustnessConfig(dataset="digits", calibration=1.5).validate()
     with pytest.raises(InputError, match="not both"):
         RobustnessConfig(dataset="digits", gamma=0.1, sigma=2.0).validate()
+
+
+def test_an_interrupted_robustness_run_resumes_from_its_cache(digits_checkpoint, tmp_path, monkeypatch):
+    """Every (row, norm, eps) cell is saved as it ends: a rerun on the same cache attacks nothing and gives the
+    same records (HopSkipJump's query summary included); cells lost to an interruption are recomputed alike;
+    a changed setting never reads a stale cell."""
+    import safetynet.attacks.adaptive as adaptive
+    import safetynet.evaluation.engine as engine
+    from safetynet.robustness import RobustnessConfig, run_robustness
+
+    kw = dict(model=str(digits_checkpoint), dataset="digits", n=16, n_fit=120, norms=["linf"], eps_linf=[0.1, 0.2],
+              attacks=["bim", "type2", "opgd", "hsja"], steps=4, hsja_queries=60, metzen_epochs=1, extend_eps=0,
+              cache=str(tmp_path / "cache"))
+    first = run_robustness(RobustnessConfig(out=str(tmp_path / "a"), **kw))
+    cells = sorted((tmp_path / "cache").glob("cell-*.npz"))
+    assert len(cells) == 4 * 2
+
+    def boom(*a, **k):
+        raise AssertionError("an attack ran although its cell is cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(engine, "attack_in_batches", boom)
+        m.setattr(adaptive, "sweep", boom)
+        again = run_robustness(RobustnessConfig(out=str(tmp_path / "b"), **kw))
+    for key in ("records", "sweep", "queries"):
+        assert again[key] == first[key], key
+    for f in cells[::3]:
+        f.unlink()
+    resumed = run_robustness(RobustnessConfig(out=str(tmp_path / "c"), **kw))
+    assert resumed["records"] == first["records"] and resumed["queries"] == first["queries"]
+    changed = run_robustness(RobustnessConfig(out=str(tmp_path / "d"), **{**kw, "steps": 5}))
+    assert len(list((tmp_path / "cache").glob("cell-*.npz"))) == 2 * len(cells)
+    assert changed["records"] != first["records"]

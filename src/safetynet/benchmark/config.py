@@ -72,6 +72,8 @@ class BenchmarkConfig:
     batch_size: int = setting(250, "images per forward pass")
     seed: int = setting(0, "seeds the fit subset, the split, the attacks and the detectors")
     out: str = setting("runs/benchmark", "output folder for report.md, results.json and figures/")
+    cache: str | None = setting(None, "folder of finished attacks (type-I crafts and adaptive cells, one file each) "
+                                      "(default: OUT/cache); an interrupted run resumes from it")
 
     def __post_init__(self) -> None:
         if self.quick:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from .._job import prepare_output
+from ..chunk_store import ChunkStore, fingerprint, model_fingerprint
 from ..errors import InputError
 from ..evaluation.defence import Defence, calibration_split
 from ..metrics import roc_auc
@@ -72,23 +73,36 @@ def type1_attack(name: str, cfg: BenchmarkConfig) -> tuple[Any, float | None]:
     raise InputError(f"unknown type-I attack {name!r}")
 
 
-def _craft(name: str, cfg: BenchmarkConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor
-           ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """(adversarials, success mask, extras) of type-I attack ``name`` on ``x`` against the bare classifier."""
+def _craft(name: str, cfg: BenchmarkConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+           store: ChunkStore, model_fp: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """(adversarials, success mask, extras) of type-I attack ``name`` on ``x`` against the bare classifier.
+
+    Read from ``store`` when this attack (same parameters) already ran on the same images and model.
+    """
     from ..attacks import distances
     from ..attacks.batched import attack_in_batches
 
     attack, eps = type1_attack(name, cfg)
-    extras = ("queries_",) if name == "square" else ()
-    res = attack_in_batches(attack, model, x, y, eps=eps, batch_size=cfg.batch_size, extras=extras)
-    ok = res.success
+    key = {"model": model_fp, "images": fingerprint(x.numpy()), "labels": fingerprint(y.numpy()),
+           "attack": repr(attack), "eps": eps, "batch_size": cfg.batch_size}
+    hit = store.get("type1", key)
+    if hit is not None:
+        log.info("type-I %s on %d images: read from the cache", name, len(x))
+        clipped, ok = torch.from_numpy(hit["clipped"]), torch.from_numpy(hit["success"])
+        queries = torch.from_numpy(hit["queries"]) if "queries" in hit else None
+    else:
+        extras = ("queries_",) if name == "square" else ()
+        res = attack_in_batches(attack, model, x, y, eps=eps, batch_size=cfg.batch_size, extras=extras)
+        clipped, ok, queries = res.clipped, res.success, res.extras.get("queries")
+        store.put("type1", key, {"clipped": clipped.numpy(), "success": ok.numpy()}
+                  | ({} if queries is None else {"queries": queries.numpy()}))
     info: dict[str, Any] = {"eps": eps, "success": float(ok.float().mean()) if len(ok) else None, "attack": repr(attack)}
     if ok.any():
-        d = distances(x[ok], res.clipped[ok])
+        d = distances(x[ok], clipped[ok])
         info.update({"median_l2": float(d["l2"].median()), "median_linf": float(d["linf"].median())})
-    if "queries" in res.extras:
-        info["median_queries"] = float(res.extras["queries"][ok].float().median()) if ok.any() else None
-    return res.clipped, ok, info
+    if queries is not None:
+        info["median_queries"] = float(queries[ok].float().median()) if ok.any() else None
+    return clipped, ok, info
 
 
 def fit_detector(name: str, cfg: BenchmarkConfig, model: nn.Module, x_nat: torch.Tensor, y_nat: torch.Tensor,
@@ -165,6 +179,8 @@ def run_benchmark(cfg: BenchmarkConfig, defences: dict[str, Defence] | None = No
     model = task.model
     for p in model.parameters():
         p.requires_grad_(False)
+    # Finished attacks are saved as they end: an interrupted run resumes (type-I crafts, adaptive cells).
+    store, model_fp = ChunkStore(cfg.cache or out / "cache"), model_fingerprint(model)
     x_nat, y_nat, _ = task.natural_fit(cfg.batch_size)
     fit_idx, cal_idx = calibration_split(len(x_nat), cfg.calibration, cfg.seed)
     xf, yf, x_cal = x_nat[fit_idx], y_nat[fit_idx], x_nat[cal_idx]
@@ -177,7 +193,7 @@ def run_benchmark(cfg: BenchmarkConfig, defences: dict[str, Defence] | None = No
     train_adv: dict[str, dict[str, Any]] = {}
     fitted: dict[tuple[str, str], Defence] = {}
     for a in cfg.train_attacks:
-        adv, ok, info = _craft(a, cfg, model, xf, yf)
+        adv, ok, info = _craft(a, cfg, model, xf, yf, store, model_fp)
         if int(ok.sum()) < 10:
             raise InputError(f"training attack {a} fooled only {int(ok.sum())} fit images; raise --n-fit or --type1-eps")
         train_adv[a] = info | {"n_adversarial": int(ok.sum())}
@@ -200,7 +216,7 @@ def run_benchmark(cfg: BenchmarkConfig, defences: dict[str, Defence] | None = No
     natural_scores = {k: d.score(xt[correct]) for k, d in fitted.items()}
     detection, roc, test_adv = [], {}, {}
     for a in cfg.test_attacks:
-        adv, ok, info = _craft(a, cfg, model, xt, yt)
+        adv, ok, info = _craft(a, cfg, model, xt, yt, store, model_fp)
         ok = ok & correct
         test_adv[a] = info | {"n_adversarial": int(ok.sum())}
         if not ok.any():
@@ -229,7 +245,14 @@ def run_benchmark(cfg: BenchmarkConfig, defences: dict[str, Defence] | None = No
     # The first n_adaptive test images (all of them when n <= n_adaptive) face the adaptive rows.
     n_adaptive = min(cfg.n_adaptive, len(task.test_y))
     adaptive_task = dataclasses.replace(task, test_x=task.test_x[:n_adaptive], test_y=task.test_y[:n_adaptive])
-    bench = AttackBench(adaptive_task, adaptive_defences, settings, None, x_nat, y_nat)
+    # What the cells depend on beyond what the bench sees (the defences' keys and thresholds): the
+    # classifier, the images, and every setting of the detectors' fits.
+    fit_settings = {f: getattr(cfg, f) for f in ("n_fit", "calibration", "target_fpr", "type1_eps", "steps",
+                                                 "deepfool_steps", "narrow_gamma", "metzen_epochs", "mc_samples", "seed")}
+    cache_key = {"model": model_fp, "images": fingerprint(adaptive_task.test_x.numpy()),
+                 "natural_fit": fingerprint(x_nat.numpy()), "adaptive_train_attack": cfg.adaptive_train_attack,
+                 "fit": fit_settings, "given": sorted(defences)}
+    bench = AttackBench(adaptive_task, adaptive_defences, settings, None, x_nat, y_nat, store=store, cache_key=cache_key)
     res = bench.run(expand_rows(list(cfg.adaptive), []), list(cfg.norms))
     timings.update({f"adaptive {k}": v for k, v in res.timings.items()})
     flags = compute_flags(bench, res.records)

@@ -10,6 +10,11 @@ rows of :data:`~safetynet.evaluation.rows.ATTACK_ROWS`:
 * type-II budgets are doubled (up to ``extend_eps`` times) until the adaptive attacks reach
   100 % or the budget cap, so each curve shows where the defence finally breaks.
 
+With a :class:`~safetynet.chunk_store.ChunkStore`, each (row, norm, eps) cell's adversarials are
+saved as they are crafted, keyed by the caller's description of the task plus the row, budget,
+settings and every defence's key and threshold: an interrupted job resumes at the first cell not
+on disk, and a changed detector or setting never reads a stale cell.
+
 Every result is judged by the *real* defence (:meth:`Defence.evaluate`), and one record per
 (row, norm, eps, defence) holds the rates of :func:`~safetynet.metrics.safetynet_rates`
 plus the adversary's success over the images the classifier got right before the attack.
@@ -17,6 +22,7 @@ plus the adversary's success over the images the classifier got right before the
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..chunk_store import ChunkStore
 from ..errors import InputError
 from ..attacks.batched import attack_in_batches
 from .defence import Defence, Verdicts, smoothable
@@ -105,13 +112,21 @@ class AttackBench:
         settings: attack strength and budgets.
         surrogates: the transfer surrogates (None: transfer rows cannot run).
         x_nat, y_nat: natural fit images the classifier gets right (code matching's anchors).
+        store: where finished cells are saved and read back (None: nothing is cached).
+        cache_key: JSON-able description of everything the cells depend on that the bench cannot
+            see itself (the classifier's fingerprint, the images, how the detectors were fitted);
+            required with ``store``.
     """
 
     def __init__(self, task: Task, defences: dict[str, Defence], settings: AttackSettings,
-                 surrogates: SurrogatePool | None, x_nat: torch.Tensor, y_nat: torch.Tensor) -> None:
+                 surrogates: SurrogatePool | None, x_nat: torch.Tensor, y_nat: torch.Tensor, *,
+                 store: ChunkStore | None = None, cache_key: dict[str, Any] | None = None) -> None:
+        if store is not None and cache_key is None:
+            raise InputError("AttackBench(store=...) needs a cache_key describing the task and the detectors' fits")
         self.task, self.defences, self.settings, self.surrogates = task, defences, settings, surrogates
         self.model = task.model
         self.x_nat, self.y_nat = x_nat, y_nat
+        self.store, self.cache_key = store, cache_key
         self._ori_cache: dict[tuple[str, float], torch.Tensor] = {}  # CW-PGD on the bare classifier, by (norm, eps)
 
     # -- attacks -------------------------------------------------------------------------------
@@ -219,6 +234,37 @@ class AttackBench:
             out[dkey] = None if attack is None else (self._run(attack, d, eps).clipped, {})
         return out
 
+    def _cell_key(self, row: AttackRow, norm: str, eps: float) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {"cache_key": self.cache_key, "row": row.key, "surrogate": row.surrogate, "norm": norm, "eps": eps,
+                "settings": asdict(self.settings),
+                "defences": {k: [d.title, type(d.detector).__name__, d.threshold] for k, d in self.defences.items()}}
+
+    def cached_row(self, row: AttackRow, norm: str, eps: float, sweeps: list, hsja_cache: dict
+                   ) -> dict[str, tuple[torch.Tensor, dict] | None]:
+        """:meth:`run_row`, read from / written to the store when there is one."""
+        if self.store is None:
+            return self.run_row(row, norm, eps, sweeps, hsja_cache)
+        key = self._cell_key(row, norm, eps)
+        hit = self.store.get("cell", key)
+        if hit is not None:
+            meta = json.loads(str(hit["meta"]))
+            sweeps.extend(meta["sweeps"])
+            for dkey in meta["queries"]:  # HopSkipJump's query counts, for the summary after the row
+                hsja_cache["queries"][dkey] = torch.from_numpy(hit[f"queries::{dkey}"])
+            log.info("%s %s eps=%g: read from the cache", row.key, norm, eps)
+            return {dkey: None if extra is None else (torch.from_numpy(hit[f"adv::{dkey}"]), extra)
+                    for dkey, extra in meta["extra"].items()}
+        n_sweeps = len(sweeps)
+        out = self.run_row(row, norm, eps, sweeps, hsja_cache)
+        arrays: dict[str, np.ndarray] = {f"adv::{k}": v[0].numpy() for k, v in out.items() if v is not None}
+        arrays.update({f"queries::{k}": q.numpy() for k, q in hsja_cache["queries"].items()})
+        meta = {"extra": {k: None if v is None else v[1] for k, v in out.items()}, "sweeps": sweeps[n_sweeps:],
+                "queries": list(hsja_cache["queries"])}
+        self.store.put("cell", key, {**arrays, "meta": np.array(json.dumps(meta))})
+        return out
+
     # -- the grid ----------------------------------------------------------------------------------
     def run(self, rows: list[AttackRow], norms: list[str], *, keep_images: bool = False) -> BenchResults:
         """Every row at every budget of each of its norms; the non-attack row first."""
@@ -243,7 +289,7 @@ class AttackBench:
                 hsja_cache: dict[str, dict[str, torch.Tensor]] = {"raw": {}, "queries": {}}
                 while eps_queue:
                     eps = eps_queue.pop(0)
-                    for dkey, res in self.run_row(row, norm, eps, sweeps, hsja_cache).items():
+                    for dkey, res in self.cached_row(row, norm, eps, sweeps, hsja_cache).items():
                         if res is None:
                             continue
                         adv, extra = res

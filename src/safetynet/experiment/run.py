@@ -31,7 +31,7 @@ from .._job import prepare_output
 from ..errors import InputError
 from .config import DETECTOR_TITLES, DETECTORS, AttackSetting, ExperimentConfig, attack_grid  # noqa: F401
 from .splits import load_splits, stratified_order  # noqa: F401  (re-exported: the job's data selection)
-from .store import ChunkStore
+from ..chunk_store import ChunkStore
 from .summary import score_all, size_curve, summarise
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     from ..evaluation.task import resolve_classifier
     from ..executors import make_executor
     from .report import write_experiment_report
-    from .store import model_fingerprint
+    from ..chunk_store import model_fingerprint
     from .units import SVM_KINDS, code_features, codes_of
 
     cfg.validate()

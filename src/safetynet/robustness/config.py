@@ -84,6 +84,8 @@ class RobustnessConfig:
     batch_size: int = setting(250, "images per forward pass")
     seed: int = setting(0, "seeds the fit subset, the attacks and the detectors")
     out: str = setting("runs/robustness", "output folder for report.md, results.json and figures/")
+    cache: str | None = setting(None, "folder of finished attack cells, one file per (row, norm, eps) (default: "
+                                      "OUT/cache); an interrupted run resumes from it")
 
     def __post_init__(self) -> None:
         if self.model is None:

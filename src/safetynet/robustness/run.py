@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .._job import prepare_output
+from ..chunk_store import ChunkStore, fingerprint, model_fingerprint
 from ..errors import InputError
 from ..evaluation.defence import Defence, calibration_split
 from ..evaluation.engine import AttackBench
@@ -166,7 +167,14 @@ def run_robustness(cfg: RobustnessConfig, *, task: Task | None = None) -> dict[s
                                target_arch=task.arch, train_dataset=task.name if task.name in ("cifar10", "digits") else None,
                                data_dir=cfg.data_dir, epochs=cfg.surrogate_epochs, metzen_epochs=cfg.metzen_epochs,
                                batch_size=cfg.batch_size, mask=task.mask)
-    bench = AttackBench(task, defences, cfg.attack_settings(eps), surrogates, x_nat, y_nat)
+    # Finished cells are saved as they end, keyed by everything they depend on: an interrupted run resumes.
+    settings_key = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+                    if f.name not in ("out", "cache", "model")}
+    cache_key = {"model": model_fingerprint(model), "task": task.name, "images": fingerprint(task.test_x.numpy()),
+                 "natural_fit": fingerprint(x_nat.numpy()), "config": settings_key,
+                 "mask": None if task.mask is None else fingerprint(task.mask.numpy())}
+    bench = AttackBench(task, defences, cfg.attack_settings(eps), surrogates, x_nat, y_nat,
+                        store=ChunkStore(cfg.cache or out / "cache"), cache_key=cache_key)
     rows = expand_rows(cfg.attacks, surrogates.tags)
     res = bench.run(rows, cfg.norms)
     timings.update(res.timings)

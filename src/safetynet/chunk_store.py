@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import save_npz_atomic, write_json_atomic
-from ..errors import InputError
+from ._io import save_npz_atomic, write_json_atomic
+from .errors import InputError
 
 __all__ = ["ChunkStore", "fingerprint", "model_fingerprint"]
 
