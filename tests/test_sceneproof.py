@@ -356,3 +356,30 @@ def test_evaluate_refuses_bad_settings_before_writing(bad, tmp_path):
     with pytest.raises(InputError, match=next(iter(bad))):
         evaluate_sceneproof(EvaluateConfig(out=str(out), **bad))
     assert not out.exists()  # nothing half-written
+
+
+def test_split_by_scene_holds_out_a_whole_source_and_its_subfolders():
+    """Naming a top-level folder keeps every scene under it on the validation side (one folder = one group);
+    a name is not a bare string prefix (``nyu`` does not take ``nyu2``)."""
+    from safetynet.data.rgbd.frame import RGBDFrame
+
+    def fr(scene, i):
+        return RGBDFrame(torch.zeros(3, 4, 4), torch.zeros(1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.bool),
+                         source=f"{scene}/{i:04d}", scene=scene)
+
+    frames = ([fr("kitchen", i) for i in range(60)] + [fr("nyu/a", 0), fr("nyu/b", 0), fr("nyu2", 0)]
+              + [fr("open3d", 0), fr("open3d/other_formats/TUM", 0)])
+    train, val = split_by_scene(frames, ["nyu", "open3d"], val_tail=0.0, long_sequence=40)
+    assert sorted(f.scene for f in val) == ["nyu/a", "nyu/b", "open3d", "open3d/other_formats/TUM"]
+    assert sorted({f.scene for f in train}) == ["kitchen", "nyu2"] and len(train) == 61
+    _, exact = split_by_scene(frames, ["nyu", "open3d"], val_tail=0.0, long_sequence=40, subscenes=False)
+    assert [f.scene for f in exact] == ["open3d"]  # the legacy rule: scene ids match exactly
+
+
+def test_new_bundles_validate_on_whole_sources_and_old_ones_keep_their_split():
+    from safetynet.sceneproof.train import LEGACY_VAL_SCENES, VAL_SOURCES, SceneProofConfig
+
+    cfg = SceneProofConfig()
+    assert cfg.val_tail == 0.0 and cfg.val_sources == list(VAL_SOURCES)
+    assert all("/" not in s for s in VAL_SOURCES)  # top-level folders only
+    assert "7scenes-kitchen" not in VAL_SOURCES and "open3d" in LEGACY_VAL_SCENES

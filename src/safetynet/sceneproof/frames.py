@@ -49,10 +49,14 @@ def frame_weights(scenes: Sequence[str], power: float = 0.5) -> np.ndarray:
 
 
 def split_by_scene(frames: Sequence[RGBDFrame], val_scenes: Sequence[str], val_tail: float = 0.2,
-                   guard: float = 0.04, long_sequence: int = 100) -> tuple[list[RGBDFrame], list[RGBDFrame]]:
+                   guard: float = 0.04, long_sequence: int = 100, *, subscenes: bool = True
+                   ) -> tuple[list[RGBDFrame], list[RGBDFrame]]:
     """Split frames into (train, validation) by scene.
 
-    Scenes named in ``val_scenes`` go to validation whole. A scene with at least
+    Scenes named in ``val_scenes`` go to validation whole; a name also covers the scenes under it
+    (``"nyu"`` holds out ``nyu/ExpNYUD_joint`` too), so naming a source's top-level folder keeps
+    the whole source on one side (the rule of the shared data: one folder = one group; ``subscenes=False``
+    matches scene ids exactly, as bundles trained before 2026-12 did). A scene with at least
     ``long_sequence`` frames (a video, e.g. 7-Scenes) gives its last ``val_tail`` share of frames
     (in capture order) to validation and drops the ``guard`` share before it, so that no
     validation view is a near-duplicate of a training view.
@@ -65,7 +69,7 @@ def split_by_scene(frames: Sequence[RGBDFrame], val_scenes: Sequence[str], val_t
     train: list[RGBDFrame] = []
     val: list[RGBDFrame] = []
     for scene, group in by_scene.items():
-        if scene in val_scenes:
+        if any(scene == v or (subscenes and scene.startswith(v + "/")) for v in val_scenes):
             val += group
         elif len(group) >= long_sequence and val_tail > 0:
             group = sorted(group, key=lambda f: f.source)

@@ -78,10 +78,13 @@ def write_report(path: Path, results: Mapping[str, Any], bundle: SceneProof, env
         "frames (a simulated Kinect capture of a synthetic room counts as a real capture; the noise-free renders are "
         "the test-only `rendered` fake). Validation frames (thresholds and the frame rule are calibrated here; "
         f"never trained on): real {data.get('real_val')} plus {data.get('sim_val_frames')} sensor frames of other "
-        f"simulated rooms. Sequences of at least {tcfg.get('long_sequence', 100)} frames (7-Scenes, box-scene) are "
-        f"split by time: their last {tcfg.get('val_tail', 0.2):.0%} is validation, behind a {tcfg.get('guard', 0.04):.0%} "
-        "guard band of dropped frames; other validation scenes are held out whole. Held-out captures "
-        "(`rgbd-heldout/`) are used only in the last section.")
+        f"simulated rooms. " + (
+            f"Sequences of at least {tcfg.get('long_sequence', 100)} frames (7-Scenes, box-scene) are "
+            f"split by time: their last {tcfg.get('val_tail', 0.2):.0%} is validation, behind a {tcfg.get('guard', 0.04):.0%} "
+            "guard band of dropped frames; other validation scenes are held out whole. "
+            if tcfg.get("val_tail", 0.2) > 0 else
+            f"Validation sources are held out whole (one folder = one group): {', '.join(tcfg.get('val_sources', []))}. ")
+        + "Held-out captures (`rgbd-heldout/`) are used only in the last section.")
     reg = data.get("registration")
     if reg:
         rows = [{"scene": scene, "frames": r.get("frames"), "verdict": r.get("verdict"), "scale": r.get("scale"),
