@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import DataError
 from .feature_model import FeatureVerifier
 from .loso_config import FitFeaturesConfig
