@@ -231,3 +231,48 @@ def test_all_features_is_the_concatenation():
     f = all_features(image, depth, valid)
     assert f.shape == (len(ALL_FEATURE_NAMES),) and ALL_FEATURE_NAMES[0] == "valid_share"
     np.testing.assert_array_equal(f[-len(ALIGNMENT_NAMES):], alignment_features(image, depth, valid))
+
+
+# ------------------------------------------------------------------------- leakage and training
+def test_fold_training_rows_never_hold_the_held_out_source_or_its_depth():
+    """The LOSO fold filter (loso.run_loso) and the inner folds: no row of the held-out source, and no
+    swapped or pasted depth donated by it, reaches training."""
+    from safetynet.sceneproof import loso
+
+    rng = np.random.default_rng(0)
+    B, H, W = 6, 48, 64
+    image = torch.rand((B, 3, H, W), generator=torch.Generator().manual_seed(0))
+    depth = torch.from_numpy(rng.uniform(0.5, 3.0, size=(B, 1, H, W)).astype(np.float32))
+    valid = torch.ones((B, 1, H, W), dtype=torch.bool)
+    fs = FrameSet(image, depth, valid, ["s"] * B, [f"f{i}" for i in range(B)])
+    groups = ["a", "a", "b", "b", "c", "c"]
+    rows = loso.make_rows(fs, groups, ["swap_depth", "insert_region", "zero_depth"], seed=0, donors=(fs, groups))
+    for name, tr, te in loso.loso_splits(rows.group):
+        train = rows.take(tr)
+        train = train.take((train.donor != name) & np.isin(train.kind, ["real", "swap_depth", "insert_region"]))
+        assert name not in set(train.group) and name not in set(train.donor)
+        assert set(rows.take(te).group) == {name}
+        assert "zero_depth" not in set(train.kind)  # unfamiliar kinds never reach training
+
+
+def test_shipped_model_provenance_excludes_heldout_and_records_its_command():
+    doc = json.loads((default_feature_model_dir() / "model.json").read_text())
+    t = doc["training"]
+    assert len(t["sources"]) == 19 and not any("heldout" in s for s in t["sources"])
+    assert "icl-nuim-rendered" not in t["sources"]  # rendered: a fake, never a real source
+    assert "sceneproof fit-features" in t["command"] and "--seed 0" in t["command"]
+    assert {"flat_print", "zero_depth"}.isdisjoint(doc["train_kinds"])  # kept unfamiliar
+    assert 0 < doc["threshold"] < 1 and doc["min_valid"] == 0.05
+
+
+def test_fit_features_command_writes_a_loadable_model(tmp_path):
+    data = require_data("rgbd").parent
+    out = tmp_path / "model"
+    code = cli.main(["sceneproof", "fit-features", "--out", str(out), "--data-dir", str(data), "--max-frames", "1",
+                     "--max-iter", "5", "--inner-folds", "2", "--train-kinds", "swap_depth", "screen_photo",
+                     "zero_depth", "--seed", "1"])
+    assert code == 0
+    m = FeatureVerifier.load(out)
+    assert m.settings["train_kinds"] == ["swap_depth", "screen_photo", "zero_depth"]
+    assert m.settings["training"]["config"]["seed"] == 1 and m.settings["training"]["rows"] == 19 * 4
+    assert is_feature_model(out) and load_verifier(out).threshold == m.threshold
