@@ -114,6 +114,27 @@ def test_any_bundle_can_be_served(tmp_path):
         app.state.service.close()
 
 
+def test_default_service_answers_what_verify_answers_with_the_feature_model(tmp_path):
+    """Without --model the service loads verify's default, the whole-frame feature model: no patches,
+    its own sha256 and id, and the same JSON as verify on the same files."""
+    from safetynet.sceneproof.feature_model import FeatureVerifier, default_feature_model_dir
+
+    app = create_app(ServeConfig(audit_db=str(tmp_path / "a.sqlite3")))
+    try:
+        image, depth = pair("7scenes-jpg")
+        r = post(app, files_of(image, depth))
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        assert strip(doc) == json.loads(json.dumps(strip(verify(image, depth).to_dict())))
+        assert doc["model_kind"] == "features" and doc["patches"] == [] and doc["verdict"] in ("real", "fake")
+        assert doc["model_sha256"] == bundle_sha256(default_feature_model_dir()) != bundle_sha256(default_model_dir())
+        assert doc["model_id"] == "sceneproof-features"
+        info = request(app, "GET", "/v1/model").json()
+        assert info["patch"] is None and info["calibration"]["threshold"] == FeatureVerifier.load().threshold
+    finally:
+        app.state.service.close()
+
+
 def test_pinned_real_capture_is_real(service):
     """The capture tests/test_verify_cli.py pins as real stays real through the service."""
     r = post(service, files_of(*pair("7scenes-jpg")))

@@ -56,7 +56,9 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = start_server(tmp_path_factory.mktemp("serve-page"))
+    # The paper's CNN bundle: its per-patch evidence is what the page's overlay and table draw (the
+    # default whole-frame feature model has no patches; tests/test_serve.py covers it).
+    s = start_server(tmp_path_factory.mktemp("serve-page"), "--model", "cnn")
     yield s
     s.stop()
 
@@ -71,7 +73,7 @@ def _painted(drv, canvas_id: str) -> int:
 
 def test_page_judges_a_real_pair_like_verify(browser, server, tmp_path):
     image, depth = pair("7scenes-jpg")
-    want = verify(image, depth)
+    want = verify(image, depth, "cnn")
     browser.get(server.url + "/")
     assert browser.find_element(By.CSS_SELECTOR, "label[for=image]").is_displayed()
     browser.find_element(By.ID, "image").send_keys(str(image))

@@ -85,11 +85,22 @@ def test_exit_codes_with_crafted_bundles(tmp_path, pair, capsys, changes, expect
     assert doc["verdict"] == verdict and doc["exit_code"] == expected
 
 
-def test_json_schema(pair, capsys):
+KEYS = {"verdict", "real_score", "real_threshold", "rejected_fraction", "reject_fraction", "n_patches", "patches",
+        "image_size", "working_size", "model", "exit_code", "abstained", "model_kind"}
+
+
+def test_json_schema_of_the_default_feature_model(pair, capsys):
     code, out, _ = _run([*pair, "--json"], capsys)
     doc = json.loads(out)
-    assert set(doc) == {"verdict", "real_score", "real_threshold", "rejected_fraction", "reject_fraction", "n_patches",
-                        "patches", "image_size", "working_size", "model", "exit_code"}
+    assert set(doc) == KEYS and doc["model_kind"] == "features" and code == doc["exit_code"]
+    assert doc["n_patches"] == 0 and doc["patches"] == [] and doc["image_size"] == [120, 160]
+    assert 0 <= doc["real_score"] <= 1 and (doc["verdict"] == "real") == (doc["real_score"] >= doc["real_threshold"])
+
+
+def test_json_schema(pair, capsys):
+    code, out, _ = _run([*pair, "--json", "--model", "cnn"], capsys)  # the paper's CNN bundle: per-patch evidence
+    doc = json.loads(out)
+    assert set(doc) == KEYS and doc["model_kind"] == "cnn"
     assert doc["verdict"] in ("real", "fake", "rejected (adversarial)") and code == doc["exit_code"]
     assert doc["image_size"] == [120, 160] and doc["n_patches"] == len(doc["patches"]) > 0
     for p in doc["patches"]:
@@ -104,7 +115,7 @@ def test_json_schema(pair, capsys):
 
 
 def test_human_output_is_one_verdict_with_evidence(pair, capsys):
-    code, out, err = _run(pair, capsys)
+    code, out, err = _run([*pair, "--model", "cnn"], capsys)
     verdict = out.splitlines()[0].split(":")[0]
     assert verdict in EXIT_CODES and code == EXIT_CODES[verdict]  # the exit code is the printed verdict's
     assert "P(real)" in out and err == ""
@@ -187,7 +198,7 @@ def _entry_point() -> list[str]:
 
 
 def test_shipped_bundle_judges_a_real_capture_real(real_capture, capsys):
-    code, out, err = _run([*real_capture, "--json"], capsys)  # the default --model: the shipped bundle
+    code, out, err = _run([*real_capture, "--json", "--model", SHIPPED], capsys)  # the shipped CNN bundle
     assert code == EXIT_REAL, (out, err)
     doc = json.loads(out)
     assert doc["verdict"] == "real" and doc["model"] == str(SHIPPED) and doc["image_size"] == [480, 640]
@@ -218,7 +229,7 @@ def test_zero_depth_fake_of_the_real_capture_is_not_judged_real(real_capture, tm
     (real,) = verify_frames(bundle, FrameSet(*frames, ["real"], [f.source]))
     (fake,) = verify_frames(bundle, FrameSet(*zero_depth(*frames), ["zero_depth"], [f.source]))
     # the same capture as the CLI saw: real, with the CLI's score
-    code, out, _ = _run([*real_capture, "--json"], capsys)
+    code, out, _ = _run([*real_capture, "--json", "--model", SHIPPED], capsys)
     assert real.exit_code == code == EXIT_REAL and real.real_score == pytest.approx(json.loads(out)["real_score"])
     # fake or rejected are both right for the fake; these are the only two codes allowed
     assert fake.exit_code in (EXIT_FAKE, EXIT_REJECTED), fake.summary()

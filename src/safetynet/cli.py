@@ -113,6 +113,8 @@ def _data_info(cfg) -> Outcome:
 
 
 def _verdict_text(verdict) -> str:
+    if not verdict.patches:  # the whole-frame feature model: no patch table
+        return verdict.summary()
     lines = [verdict.summary(), f"{'y':>4} {'x':>4} {'P(real)':>8} {'A':>8} {'B':>8} {'C':>8}  rejected"]
     for p in verdict.patches:
         m = p["detector_margins"]
@@ -155,6 +157,12 @@ def _sceneproof_loso(cfg) -> Outcome:
                     "caught_mean": {m: s["caught_mean"] for m, s in summary.items()}})
 
 
+def _sceneproof_fit_features(cfg) -> Outcome:
+    from .sceneproof.fit_features import fit_feature_model
+
+    return Outcome(fit_feature_model(cfg))
+
+
 def _serve(cfg) -> Outcome:
     import importlib.util
 
@@ -193,6 +201,8 @@ COMMANDS = (
     Command(("sceneproof", "loso"), "leave-one-source-out evaluation of a camera-independent feature model (and the "
             "shipped CNN) on every real source of rgbd/: report.md + results.json",
             "sceneproof.loso_config:LosoConfig", _sceneproof_loso),
+    Command(("sceneproof", "fit-features"), "train the sensor-agnostic feature model (verify's default) on all of rgbd/ "
+            "and write it without pickle", "sceneproof.loso_config:FitFeaturesConfig", _sceneproof_fit_features),
     Command(("serve",), "SceneProof as an HTTP service + web page (POST /v1/verify, GET /, audit log); "
             "Ctrl-C stops it", "serve.config:ServeConfig", _serve),
     Command(("robustness",), "attack the detectors (type I/II, adaptive, black box) and write a Table-4 report",

@@ -9,6 +9,11 @@ The detector itself: ``labels`` (REAL/FAKE, detector letters), ``network`` (the 
 factory), ``frames`` (scene splits, frame sets, fakes of whole frames), ``sampling`` (patch
 sets), ``fit`` (the training loop) and ``bundle`` (the saved :class:`SceneProof`); ``train``,
 ``evaluate`` and ``verify`` drive them.
+
+The sensor-agnostic model that ``verify`` uses by default: ``features`` and
+``alignment_features`` (camera-independent statistics of a whole frame), ``tree_export`` (the
+boosted trees as plain arrays) and ``feature_model`` (the saved :class:`FeatureVerifier`);
+``loso`` evaluates it leave-one-source-out and ``fit_features`` trains the shipped one.
 """
 
 from .depth_regressor import (DepthRegressor, DepthRegressorConfig, load_depth_regressor, save_depth_regressor,

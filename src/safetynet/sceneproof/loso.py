@@ -2,8 +2,11 @@
 
 For every real source (a top-level folder of ``rgbd/``; one folder = one group, never split):
 
-1. train the feature model (:mod:`safetynet.sceneproof.features` fed to scikit-learn's
-   ``HistGradientBoostingClassifier``) on the real frames of all *other* sources and on the
+1. train the feature model (:mod:`safetynet.sceneproof.features` and the self-normalising
+   alignment features of :mod:`safetynet.sceneproof.alignment_features`, together
+   :data:`~safetynet.sceneproof.feature_model.ALL_FEATURE_NAMES`, fed to scikit-learn's
+   ``HistGradientBoostingClassifier``; ``safetynet sceneproof fit-features`` trains the same model
+   on every source for ``verify``) on the real frames of all *other* sources and on the
    training fake kinds made from them;
 2. choose its threshold only on those training sources: grouped out-of-fold predictions
    (``inner_folds`` folds over the training sources, never the held-out one), threshold maximising
@@ -33,7 +36,7 @@ import numpy as np
 
 from .._job import Laps
 from ..errors import DataError, InputError
-from .features import FEATURE_NAMES
+from .feature_model import ALL_FEATURE_NAMES as FEATURE_NAMES
 from .frames import FrameSet
 from .loso_config import LosoConfig
 from .loso_rows import ABSTAIN, REAL, RowTable, _features, group_of, load_frames, loso_splits, make_rows  # noqa: F401

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, InputError
-from .features import frame_features
+from .feature_model import all_features
 from .frames import FrameSet
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class RowTable:
 
 def _features(fs: FrameSet) -> np.ndarray:
     img, dep, val = fs.image.numpy(), fs.depth.numpy(), fs.valid.numpy()
-    return np.stack([frame_features(img[i], dep[i, 0], val[i, 0]) for i in range(len(fs))])
+    return np.stack([all_features(img[i], dep[i, 0], val[i, 0]) for i in range(len(fs))])
 
 
 def _swap_from_donors(fs: FrameSet, donors: FrameSet, donor_groups: Sequence[str], rng: np.random.Generator

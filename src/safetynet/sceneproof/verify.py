@@ -21,6 +21,14 @@ A patch with less than ``min_valid_fraction`` (default 2 %) of valid depth pixel
 depth evidence, and SceneProof certifies "real" only with depth evidence: its P(real) counts as
 0 (its classifier output is still reported). A pair without depth therefore comes out fake.
 
+Default model: the sensor-agnostic feature model (:mod:`.feature_model`), chosen by the
+leave-one-source-out report (docs/results/sceneproof-loso/): it judges the whole frame from
+camera-independent statistics, so it has no patches and no detectors; a frame is **real** when
+its real score (1 - P(fake)) is at least the threshold, otherwise **fake**, and a frame with less
+than ``min_valid`` of its pixels with depth is fake with ``abstained`` true ("not enough depth
+evidence"). ``--model cnn`` (or the path of a CNN bundle) uses the paper's network and the
+patch rule above.
+
 Exit codes of the CLI (:mod:`safetynet.exit_codes`): 0 real, 1 fake, 4 rejected as adversarial,
 3 bad input (2 stays argparse's usage error, so a typo is never mistaken for an attack).
 """
@@ -39,12 +47,14 @@ from ..cli_config import setting
 from ..errors import InputError
 from ..exit_codes import EXIT_BAD_INPUT, EXIT_FAKE, EXIT_REAL, EXIT_REJECTED
 from .bundle import SceneProof
+from .feature_model import FeatureVerifier, is_feature_model
 from .frames import FrameSet
 from .labels import DETECTOR_LAYERS
 from .sampling import grid_patches
 from .patches import to_network_input
 
 REAL_VERDICT, FAKE_VERDICT, REJECTED_VERDICT = "real", "fake", "rejected (adversarial)"
+MIN_SIDE = 64  # the feature model's smallest input side, as the CNN's patch: smaller frames would be upsampled, not judged
 EXIT_CODES = {REAL_VERDICT: EXIT_REAL, FAKE_VERDICT: EXIT_FAKE, REJECTED_VERDICT: EXIT_REJECTED}
 
 
@@ -54,7 +64,8 @@ class VerifyConfig:
 
     image: str = setting(help="colour image (PNG/JPG)", positional=True)
     depth: str = setting(help="depth map: 16-bit PNG/PGM, .npy (metres), Middlebury .pfm or Sintel .dpt", positional=True)
-    model: str | None = setting(None, "SceneProof bundle folder (default: the shipped one)")
+    model: str | None = setting(None, "model folder: a feature model or a CNN bundle; 'cnn' = the shipped CNN bundle "
+                                      "(the paper's network); default: the shipped feature model")
     depth_scale: float | None = setting(None, "stored depth units per metre (default 1000 = millimetres for PNG/PGM, "
                                               "1 for .npy/.dpt; not used for .pfm)")
     depth_format: str | None = setting(None, "override the depth format (png, pgm, npy, pfm, dpt, sun, nyu-raw)")
@@ -74,6 +85,8 @@ class Verdict:
     image_size: tuple[int, int] = (0, 0)  # (H, W) as read
     working_size: tuple[int, int] = (0, 0)  # (H, W) after crop + resize
     model: str = ""
+    abstained: bool = False  # the feature model found too little depth to judge ("not enough depth evidence")
+    model_kind: str = "cnn"  # "cnn" (patches + detectors A/B/C) or "features" (whole frame, no patches)
 
     @property
     def exit_code(self) -> int:
@@ -88,6 +101,9 @@ class Verdict:
 
     def summary(self) -> str:
         score = "n/a" if self.real_score is None else f"{self.real_score:.3f}"
+        if self.model_kind == "features":
+            why = "not enough depth evidence, " if self.abstained else ""
+            return f"{self.verdict}: {why}real score {score} (threshold {self.real_threshold:.3f}), whole-frame feature model"
         return (f"{self.verdict}: real score {score} (threshold {self.real_threshold:.3f}), "
                 f"{self.rejected_fraction:.0%} of {self.n_patches} patches rejected as adversarial "
                 f"(limit {self.reject_fraction:.0%})")
@@ -129,7 +145,7 @@ def prepare_frames(bundle: SceneProof, image: torch.Tensor, depth: torch.Tensor,
     from ..data.rgbd.frame import resize_rgbd
 
     H, W = bundle.size
-    min_side = bundle.patch
+    min_side = getattr(bundle, "patch", MIN_SIDE)
     if min(image.shape[-2:]) < min_side:
         raise InputError(f"the frame is {image.shape[-1]}x{image.shape[-2]} pixels; SceneProof needs at least "
                          f"{min_side} pixels on each side")
@@ -185,6 +201,33 @@ def verify_frames(bundle: SceneProof, frames: FrameSet, *, reject_fraction: floa
     return out
 
 
+def verify_frames_features(model: FeatureVerifier, frames: FrameSet) -> list[Verdict]:
+    """Verdicts of the feature model for frames already at its working resolution."""
+    from .feature_model import all_features
+
+    img, dep, val = frames.image.numpy(), frames.depth.numpy(), frames.valid.numpy()
+    X = np.stack([all_features(img[i], dep[i, 0], val[i, 0]) for i in range(len(frames))])
+    p = model.p_fake(X)
+    enough = model.enough_depth(X)
+    thr = model.threshold
+    return [Verdict(REAL_VERDICT if (enough[i] and p[i] <= thr) else FAKE_VERDICT, round(1.0 - float(p[i]), 6),
+                    round(1.0 - thr, 6), 0.0, 1.0, 0, [], working_size=model.size, model=str(model.directory or ""),
+                    abstained=not bool(enough[i]), model_kind="features")
+            for i in range(len(frames))]
+
+
+def load_verifier(model_dir: str | os.PathLike[str] | None = None) -> SceneProof | FeatureVerifier:
+    """The model ``verify`` uses: the shipped feature model (None), the shipped CNN bundle ('cnn'),
+    or the folder given (a feature model if it holds one, else a CNN bundle)."""
+    from .bundle import default_model_dir
+
+    if model_dir is None:
+        return FeatureVerifier.load()
+    if str(model_dir) == "cnn":
+        return SceneProof.load(default_model_dir())
+    return FeatureVerifier.load(model_dir) if is_feature_model(model_dir) else SceneProof.load(model_dir)
+
+
 def check_depth_scale(depth_scale: float | None, label: str = "--depth-scale") -> None:
     """``depth_scale`` must be None or a positive, finite number (``label`` names it in the message)."""
     if depth_scale is not None and (isinstance(depth_scale, bool) or not isinstance(depth_scale, (int, float))
@@ -193,7 +236,7 @@ def check_depth_scale(depth_scale: float | None, label: str = "--depth-scale") -
                          f"got {depth_scale!r}")
 
 
-def verify_arrays(bundle: SceneProof, image: np.ndarray, depth: np.ndarray, valid: np.ndarray, *,
+def verify_arrays(bundle: SceneProof | FeatureVerifier, image: np.ndarray, depth: np.ndarray, valid: np.ndarray, *,
                   image_name: str = "image", depth_name: str = "depth") -> Verdict:
     """Verify one decoded pair: image uint8 (H, W, 3), depth float metres (H, W), valid bool (H, W).
 
@@ -209,12 +252,12 @@ def verify_arrays(bundle: SceneProof, image: np.ndarray, depth: np.ndarray, vali
     frame = make_frame(image, depth, valid, source=f"{image_name}|{depth_name}")
     image_t, depth_t, valid_t = prepare_frames(bundle, frame.image[None], frame.depth[None], frame.valid[None])
     fs = FrameSet(image_t, depth_t, valid_t, ["input"], [frame.source])
-    v = verify_frames(bundle, fs)[0]
+    v = verify_frames_features(bundle, fs)[0] if isinstance(bundle, FeatureVerifier) else verify_frames(bundle, fs)[0]
     v.image_size = (frame.height, frame.width)
     return v
 
 
-def verify_bytes(image: bytes, depth: bytes, bundle: SceneProof, depth_scale: float | None = None, *,
+def verify_bytes(image: bytes, depth: bytes, bundle: SceneProof | FeatureVerifier, depth_scale: float | None = None, *,
                  image_name: str = "image", depth_name: str = "depth", depth_format: str | None = None,
                  calib: str | None = None, max_pixels: int | None = None,
                  image_formats: Sequence[str] | None = None, depth_scale_label: str = "depth_scale",
@@ -238,16 +281,16 @@ def verify_bytes(image: bytes, depth: bytes, bundle: SceneProof, depth_scale: fl
 
 def verify(image_path: str | os.PathLike[str], depth_path: str | os.PathLike[str],
            model_dir: str | os.PathLike[str] | None = None, depth_scale: float | None = None, *,
-           depth_format: str | None = None, bundle: SceneProof | None = None) -> Verdict:
+           depth_format: str | None = None, bundle: SceneProof | FeatureVerifier | None = None) -> Verdict:
     """Verify one RGB-D pair; raises :class:`~safetynet.errors.SafetyNetError` subclasses on bad input.
 
     ``depth_scale`` is stored units per metre (default: 1000 for PNG/PGM, 1 for ``.npy``/``.dpt``;
-    not used for PFM); ``model_dir`` defaults to the shipped bundle.
+    not used for PFM); ``model_dir``: see :func:`load_verifier` (default: the shipped feature model).
     """
     from ..data.rgbd.formats import read_depth_array, read_image
 
     check_depth_scale(depth_scale)
-    bundle = bundle if bundle is not None else SceneProof.load(model_dir)
+    bundle = bundle if bundle is not None else load_verifier(model_dir)
     img = read_image(image_path)  # the same decoders as verify_bytes, on the file's bytes
     depth, valid = read_depth_array(depth_path, depth_scale, format=depth_format)
     return verify_arrays(bundle, img, depth, valid, image_name=str(image_path), depth_name=str(depth_path))
@@ -275,4 +318,4 @@ def calibrate_real_threshold(real_scores: Sequence[float], fake_scores: Sequence
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_CODES", "EXIT_FAKE", "EXIT_REAL", "EXIT_REJECTED", "FAKE_VERDICT", "REAL_VERDICT", "REJECTED_VERDICT", "Verdict", "VerifyConfig",
            "calibrate_real_threshold", "check_depth_scale", "crop_to_aspect", "decide", "frame_evidence",
-           "prepare_frames", "verify", "verify_arrays", "verify_bytes", "verify_frames"]
+           "load_verifier", "prepare_frames", "verify_frames_features", "verify", "verify_arrays", "verify_bytes", "verify_frames"]

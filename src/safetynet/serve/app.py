@@ -41,8 +41,9 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from .._io import write_bytes_atomic
 from ..errors import LimitError, SafetyNetError
-from ..sceneproof.bundle import SceneProof, bundle_sha256, default_model_dir
-from ..sceneproof.verify import verify_bytes
+from ..sceneproof.bundle import SceneProof, bundle_sha256
+from ..sceneproof.feature_model import FeatureVerifier, default_feature_model_dir
+from ..sceneproof.verify import load_verifier, verify_bytes
 from .audit import AuditLog, AuditRecord
 from .config import ServeConfig
 from .upload import HTTPProblem, check_declared_length, float_field, parse_form, read_body, text_field
@@ -52,7 +53,7 @@ log = logging.getLogger("safetynet.serve")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 IMAGE_FORMATS = ("PNG", "JPEG")  # untrusted uploads: no other Pillow decoder is tried
 CALIBRATION_KEYS = ("thresholds", "metzen_threshold", "target_fpr", "reject_fraction", "real_threshold",
-                    "min_valid_fraction")
+                    "min_valid_fraction", "threshold", "min_valid")  # the CNN bundle's, then the feature model's
 
 VERIFY_OPENAPI = {
     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -99,10 +100,11 @@ def error_response(status: int, message: str, *, close: bool = False, headers: d
 class Service:
     """What one worker holds: the settings, the loaded bundle, its sha256, the audit log, the executor."""
 
-    def __init__(self, settings: ServeConfig, bundle: SceneProof | None = None) -> None:
+    def __init__(self, settings: ServeConfig, bundle: SceneProof | FeatureVerifier | None = None) -> None:
         self.settings = settings.validate()
-        directory = Path(settings.model) if settings.model else default_model_dir()
-        self.bundle = bundle if bundle is not None else SceneProof.load(directory)
+        directory = Path(settings.model) if settings.model and settings.model != "cnn" else default_feature_model_dir()
+        # The same model verify would use for --model (default: the shipped feature model).
+        self.bundle = bundle if bundle is not None else load_verifier(settings.model)
         self.directory = Path(self.bundle.directory or directory)
         self.model_sha256 = bundle_sha256(self.directory)
         self.model_id = str(self.bundle.settings.get("name") or self.directory.name)
@@ -115,8 +117,9 @@ class Service:
     def model_info(self) -> dict[str, Any]:
         s = self.bundle.settings
         return {"id": self.model_id, "sha256": self.model_sha256, "format_version": 1,
-                "safetynet_version": __version__, "working_size": list(self.bundle.size), "patch": self.bundle.patch,
-                "stride": self.bundle.stride, "calibration": {k: s[k] for k in CALIBRATION_KEYS if k in s},
+                "safetynet_version": __version__, "working_size": list(self.bundle.size),
+                # The feature model judges the whole frame: no patch grid (null).
+                "patch": getattr(self.bundle, "patch", None), "stride": getattr(self.bundle, "stride", None), "calibration": {k: s[k] for k in CALIBRATION_KEYS if k in s},
                 "limits": {"max_upload_mb": self.settings.max_upload_mb, "max_pixels": self.settings.max_pixels,
                            "timeout_s": self.settings.timeout}}
 
@@ -145,7 +148,7 @@ class Service:
         self.audit.close()
 
 
-def create_app(settings: ServeConfig | None = None, *, bundle: SceneProof | None = None) -> FastAPI:
+def create_app(settings: ServeConfig | None = None, *, bundle: SceneProof | FeatureVerifier | None = None) -> FastAPI:
     """The ASGI app; loads the bundle (``settings.model``, or ``bundle`` when given) once, now."""
     service = Service(settings or ServeConfig(), bundle)
 

@@ -24,7 +24,8 @@ class ServeConfig:
     host: str = setting("127.0.0.1", "address to listen on (0.0.0.0 for every interface: put a TLS proxy in front)")
     port: int = setting(8000, "TCP port (0 = any free port)")
     workers: int = setting(1, "worker processes, each with its own copy of the model (about one per CPU core)")
-    model: str | None = setting(None, "SceneProof bundle folder (default: the shipped one)")
+    model: str | None = setting(None, "model folder: a feature model or a CNN bundle; 'cnn' = the shipped CNN bundle; "
+                                      "default: the shipped feature model (as verify)")
     audit_db: str = setting("sceneproof-audit.sqlite3", "SQLite audit log (WAL): one row per /v1/verify request")
     keep_uploads: str | None = setting(None, "also keep every uploaded file in this folder, named by its sha256 "
                                              "(default: no image is stored)")

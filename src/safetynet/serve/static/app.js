@@ -94,8 +94,10 @@ function render(v) {
   $("verdict").textContent = v.verdict;
   $("score").textContent = v.real_score === null ? "none (every patch rejected)" : v.real_score.toFixed(3);
   $("threshold").textContent = v.real_threshold.toFixed(3);
-  $("rejected").textContent = `${Math.round(100 * v.rejected_fraction)} % of ${v.n_patches} ` +
-    `(rejected above ${Math.round(100 * v.reject_fraction)} %)`;
+  // The whole-frame feature model has no patches (n_patches 0): say so instead of "0 % of 0".
+  $("rejected").textContent = v.n_patches === 0
+    ? (v.abstained ? "none: not enough depth evidence" : "none: whole-frame model, no patches")
+    : `${Math.round(100 * v.rejected_fraction)} % of ${v.n_patches} (rejected above ${Math.round(100 * v.reject_fraction)} %)`;
   $("model").textContent = `${v.model_id}, sha256 ${v.model_sha256.slice(0, 12)}…`;
   const body = $("patches").tBodies[0];
   body.replaceChildren(...v.patches.map(p => {
