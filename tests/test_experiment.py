@@ -303,3 +303,38 @@ def test_chunk_store_is_keyed_by_content_and_refuses_damaged_files(tmp_path):
     store.path("attack", key).write_bytes(b"not an npz")
     with pytest.raises(InputError, match="delete it"):
         store.get("attack", key)
+
+
+def test_imagenet_panels_put_each_detector_at_its_top5_top1_and_trained_on_linf_points(monkeypatch, tmp_path):
+    """Figure 2 D/E plot the same-attack accuracy against top-5 / top-1 success; F the row of the detector
+    trained on the L∞ attack (or --train-attack) of the cross-attack matrix, against top-5 success."""
+    from types import SimpleNamespace
+
+    import safetynet.experiment.report as report
+    from safetynet.experiment.config import attack_grid
+
+    settings = attack_grid("imagenet")
+    keys = [s.key for s in settings]
+    n = len(keys)
+    attacks = [{"key": k, "success_rate_test_top1": 0.9 - 0.1 * i, "success_rate_test_top5": 0.5 - 0.1 * i}
+               for i, k in enumerate(keys)]
+    bacc = [[0.5 + 0.01 * (10 * i + j) for j in range(n)] for i in range(n)]
+    det = {"same_attack": [{"attack": k, "label": s.label, "balanced_accuracy": bacc[i][i]}
+                           for i, (k, s) in enumerate(zip(keys, settings))],
+           "cross_attack": {"train": keys, "test": keys, "balanced_accuracy": bacc}}
+    results = {"attacks": attacks, "detectors": {d: det for d in ("svm-binary", "svm-quaternary", "svm-pooled", "metzen")}}
+    seen = {}
+    monkeypatch.setattr(report, "plot_success_vs_accuracy", lambda pts, path, title=None: seen.setdefault(path.stem, pts) and path)
+    for wanted, row in ((None, keys.index("bim-linf-2")), ("fgsm-2", 0)):
+        seen.clear()
+        report._imagenet_panels(results, settings, SimpleNamespace(train_attack=wanted), tmp_path)
+        assert {p["detector"] for p in seen["fig2d"]} == {"SafetyNet (binary codes)", "SafetyNet (quaternary codes)",
+                                                          "Metzen et al. subnetwork"}
+        for i, s in enumerate(settings):
+            d = [p for p in seen["fig2d"] if p["attack"] == s.label]
+            e = [p for p in seen["fig2e"] if p["attack"] == s.label]
+            f = [p for p in seen["fig2f"] if p["attack"] == s.label]
+            assert all(p["adversary_success"] == attacks[i]["success_rate_test_top5"] for p in d + f)
+            assert all(p["adversary_success"] == attacks[i]["success_rate_test_top1"] for p in e)
+            assert all(p["detector_accuracy"] == bacc[i][i] for p in d + e)
+            assert all(p["detector_accuracy"] == bacc[row][i] for p in f)

@@ -353,3 +353,6 @@ def test_demo_quick_on_imagenet(imagenet_dir, lite0, tmp_path):
         assert same and all(0 <= r["auc"] <= 1 for r in same)
     report = (tmp_path / "run" / "report.md").read_text()
     assert "success top-5 (test)" in report and "DeepFool-top-5" in report
+    assert "Figure 2 D-F layout" in report and "trained on BIM-L∞" in report
+    for panel in ("fig2d", "fig2e", "fig2f"):
+        assert (tmp_path / "run" / "figures" / f"{panel}.png").stat().st_size > 1000

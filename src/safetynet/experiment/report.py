@@ -35,6 +35,8 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
                                "adversary_success": row["adversary_success"], "detector_accuracy": row["balanced_accuracy"]})
         figures["fig2"] = plot_success_vs_accuracy(points, fig_dir / "success_vs_accuracy.png",
                                                    title="Same-attack detection (Figure 2B layout)")
+        if any("success_rate_test_top5" in a for a in results["attacks"]):
+            figures.update(_imagenet_panels(results, settings, cfg, fig_dir))
         for d in ("svm-binary", "svm-pooled", "metzen"):
             curves = {labels[s.key]: (scores[d][s.key]["natural"], scores[d][s.key]["adversarial"][s.key]) for s in usable}
             figures[f"roc-{d}"] = plot_roc_curves(curves, fig_dir / f"roc_{d}.png", title=f"ROC: {DETECTOR_TITLES[d]}")
@@ -133,6 +135,18 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
         rep.image(figures["roc-svm-pooled"], "ROC SafetyNet quaternary pooled")
         rep.image(figures["roc-metzen"], "ROC Metzen subnetwork")
 
+    if "fig2d" in figures:
+        rep.heading("Figure 2 D-F layout (ImageNet)")
+        rep.paragraph(
+            "The paper's ImageNet panels: **D** same-attack detection against the adversary's top-5 success, **E** the "
+            "same detectors against top-1 success, **F** the detector trained on the L∞ attack "
+            f"({labels[_panel_train_attack(settings, cfg)]}) tested on every attack, against top-5 success. Detector accuracy is "
+            "balanced accuracy at the detector's own threshold, as in the paper. The pooled detector is left out: on a "
+            "layer that is already one value per channel it is the quaternary detector.")
+        for key, alt in (("fig2d", "Figure 2D: same attack, top-5"), ("fig2e", "Figure 2E: same attack, top-1"),
+                         ("fig2f", "Figure 2F: trained on L-inf, top-5")):
+            rep.image(figures[key], alt)
+
     rep.heading("Cross-attack generalisation (rows: trained on; columns: tested on)")
     for d in DETECTORS:
         cr = results["detectors"][d]["cross_attack"]
@@ -199,6 +213,43 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
     rep.paragraph(reproduce_paragraph(env))
     rep.write()
     write_results_json(out / "results.json", results, config=results["config"], environment=env)
+
+
+#: The paper's Figure 2 D-F series (binary and quaternary codes; the Metzen subnetwork beside them).
+_PANEL_DETECTORS = ("svm-binary", "svm-quaternary", "metzen")
+
+
+def _panel_train_attack(settings: Sequence, cfg) -> str:
+    """Key of the attack panel F trains on: ``cfg.train_attack`` (key, label or family), else the first BIM-L∞."""
+    wanted = getattr(cfg, "train_attack", None)
+    for s in settings:
+        if wanted is None and s.family == "BIM-Linf" or wanted is not None and wanted in (s.key, s.label, s.family):
+            return s.key
+    return settings[0].key
+
+
+def _imagenet_panels(results: dict[str, Any], settings: Sequence, cfg, fig_dir: Path) -> dict[str, Path]:
+    """Figure 2 D (same attack, top-5 success), E (same attack, top-1) and F (trained on L∞, top-5)."""
+    top = {a["key"]: (a["success_rate_test_top1"], a["success_rate_test_top5"]) for a in results["attacks"]}
+    labels = {s.key: s.label for s in settings}
+    panels: dict[str, list[dict[str, Any]]] = {"fig2d": [], "fig2e": [], "fig2f": []}
+    train = _panel_train_attack(settings, cfg)
+    for d in _PANEL_DETECTORS:
+        det = results["detectors"][d]
+        for row in det["same_attack"]:
+            t1, t5 = top[row["attack"]]
+            for key, x in (("fig2d", t5), ("fig2e", t1)):
+                panels[key].append({"detector": DETECTOR_TITLES[d], "attack": row["label"], "adversary_success": x,
+                                    "detector_accuracy": row["balanced_accuracy"]})
+        cr = det["cross_attack"]
+        if train in cr["train"]:
+            i = cr["train"].index(train)
+            for j, te in enumerate(cr["test"]):
+                panels["fig2f"].append({"detector": DETECTOR_TITLES[d], "attack": labels[te],
+                                        "adversary_success": top[te][1], "detector_accuracy": cr["balanced_accuracy"][i][j]})
+    titles = {"fig2d": "Figure 2D layout: same attack, top-5 success", "fig2e": "Figure 2E layout: same attack, top-1 success",
+              "fig2f": f"Figure 2F layout: trained on {labels[train]}, top-5 success"}
+    return {k: plot_success_vs_accuracy(v, fig_dir / f"{k}.png", title=titles[k]) for k, v in panels.items() if v}
 
 
 def _generalisation_summary(results: dict[str, Any]) -> dict[str, float]:
