@@ -77,8 +77,9 @@ def plot_success_vs_accuracy(points: Sequence[Mapping[str, Any]], path: str | os
                 raise InputError(f"every point needs the key {k!r}; got keys {sorted(p)}")
     detectors = list(dict.fromkeys(str(p["detector"]) for p in points))
     attacks = list(dict.fromkeys(str(p["attack"]) for p in points))
-    fig = new_figure(5.5, 4.2)
-    ax = fig.add_subplot()
+    fig = new_figure(7.6, 4.2)
+    # Legends sit right of the axes: inside they hid points near the corners (e.g. weak attacks at low success).
+    ax = fig.add_axes((0.09, 0.12, 0.6, 0.8))
     colors = {d: f"C{i % 10}" for i, d in enumerate(detectors)}
     markers = {a: _MARKERS[i % len(_MARKERS)] for i, a in enumerate(attacks)}
     for p in points:
@@ -94,9 +95,10 @@ def plot_success_vs_accuracy(points: Sequence[Mapping[str, Any]], path: str | os
 
     h_det = [Line2D([], [], color=colors[d], marker="o", linestyle="", label=d) for d in detectors]
     h_att = [Line2D([], [], color="gray", marker=markers[a], linestyle="", label=a) for a in attacks]
-    leg = ax.legend(handles=h_det, title="detector", loc="lower left", fontsize=7, title_fontsize=7)
+    leg = ax.legend(handles=h_det, title="detector", loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7,
+                    title_fontsize=7)
     ax.add_artist(leg)
-    ax.legend(handles=h_att, title="attack", loc="lower right", fontsize=7, title_fontsize=7)
+    ax.legend(handles=h_att, title="attack", loc="lower left", bbox_to_anchor=(1.02, 0.0), fontsize=7, title_fontsize=7)
     ax.set_xlabel("adversary success (%)  ← better")
     ax.set_ylabel("detector accuracy (%)  ↑ better")
     ax.set_xlim(-2, 102)
