@@ -188,20 +188,7 @@ class SceneProof:
 
         directory = Path(directory) if directory is not None else default_model_dir()
         path = directory / BUNDLE_JSON
-        if not path.is_file():
-            raise CheckpointError(f"{path} not found; --model must be a folder written by "
-                                  "'safetynet sceneproof train' (or omit it to use the shipped model)")
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"corrupt SceneProof settings {path}: {e}") from None
-        if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
-            raise CheckpointError(f"{path} is not a SceneProof bundle (format {doc.get('format')!r})"
-                                  if isinstance(doc, dict) else f"{path} is not a SceneProof bundle")
-        if doc.get("format_version") != BUNDLE_VERSION:
-            raise CheckpointError(f"{path} has format version {doc.get('format_version')!r}; this safetynet reads "
-                                  f"{BUNDLE_VERSION}")
-        settings = {k: v for k, v in doc.items() if k not in ("format", "format_version")}
+        settings = read_model_json(path, BUNDLE_FORMAT, BUNDLE_VERSION, "SceneProof bundle", "safetynet sceneproof train")
         need = ("size", "patch", "stride", "thresholds", "reject_fraction", "real_threshold")
         missing = [k for k in need if k not in settings]
         if missing or set(settings.get("thresholds", {})) != set(DETECTOR_LAYERS):
@@ -219,6 +206,24 @@ class SceneProof:
         reg_path = directory / "depth_regressor.safetensors"
         regressor = load_depth_regressor(reg_path) if reg_path.is_file() else None
         return cls(model, net, settings, meta["model"], metzen, surrogate, regressor, directory)
+
+
+def read_model_json(path: Path, fmt: str, version: int, what: str, made_by: str) -> dict[str, Any]:
+    """The settings of a model folder's JSON file (without ``format`` / ``format_version``), checked to be
+    ``fmt`` at ``version``; any problem is one CheckpointError naming the file and the fix."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found; --model must be a folder written by '{made_by}' "
+                              "(or omit it to use the shipped model)")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"corrupt {what} settings {path}: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a {what} (format {doc.get('format')!r})"
+                              if isinstance(doc, dict) else f"{path} is not a {what}")
+    if doc.get("format_version") != version:
+        raise CheckpointError(f"{path} has format version {doc.get('format_version')!r}; this safetynet reads {version}")
+    return {k: v for k, v in doc.items() if k not in ("format", "format_version")}
 
 
 def _jsonable(obj: Any) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from .._io import save_npz_atomic, sha256_file, write_json_atomic
 from ..errors import CheckpointError, InputError
+from .bundle import read_model_json
 from .alignment_features import ALIGNMENT_NAMES, alignment_features
 from .features import FEATURE_NAMES, frame_features
 from .tree_export import TREE_ARRAYS, TreeEnsemble, export_hgb
@@ -58,18 +60,18 @@ def is_feature_model(directory: str | os.PathLike[str]) -> bool:
         return False
 
 
+@dataclass
 class FeatureVerifier:
     """A loaded feature model: ``p_fake(X)`` on :data:`ALL_FEATURE_NAMES` rows, ``judge`` per frame."""
 
-    def __init__(self, trees: TreeEnsemble, settings: dict[str, Any], directory: Path | None = None) -> None:
-        self.trees = trees
-        self.settings = settings
-        self.directory = directory
+    trees: TreeEnsemble
+    settings: dict[str, Any]  # threshold, min_valid, size (H, W), provenance
+    directory: Path | None = None
 
     @property
     def size(self) -> tuple[int, int]:
-        h, w = self.settings["size"]
-        return int(h), int(w)
+        """Working resolution (H, W) the features are computed at."""
+        return tuple(int(v) for v in self.settings["size"])  # type: ignore[return-value]
 
     @property
     def threshold(self) -> float:
@@ -113,18 +115,8 @@ class FeatureVerifier:
         """Read a model folder (default: the shipped one); raises CheckpointError when it is unusable."""
         directory = Path(directory) if directory is not None else default_feature_model_dir()
         path = directory / FEATURE_MODEL_JSON
-        if not path.is_file():
-            raise CheckpointError(f"{path} not found; --model must be a folder written by "
-                                  "'safetynet sceneproof fit-features' (or omit it to use the shipped model)")
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"corrupt feature model settings {path}: {e}") from None
-        if not isinstance(doc, dict) or doc.get("format") != FEATURE_MODEL_FORMAT:
-            raise CheckpointError(f"{path} is not a SceneProof feature model")
-        if doc.get("format_version") != FEATURE_MODEL_VERSION:
-            raise CheckpointError(f"{path} has format version {doc.get('format_version')!r}; this safetynet reads "
-                                  f"{FEATURE_MODEL_VERSION}")
+        doc = read_model_json(path, FEATURE_MODEL_FORMAT, FEATURE_MODEL_VERSION, "SceneProof feature model",
+                              "safetynet sceneproof fit-features")
         if doc.get("feature_names") != list(ALL_FEATURE_NAMES):
             raise CheckpointError(f"{path} was fitted on other features than this safetynet computes; refit it with "
                                   "'safetynet sceneproof fit-features'")
@@ -142,5 +134,5 @@ class FeatureVerifier:
                 arrays = {k: z[k] for k in TREE_ARRAYS if k in z.files}
         except (OSError, ValueError) as e:
             raise CheckpointError(f"cannot read {npz}: {e}") from None
-        settings = {k: v for k, v in doc.items() if k not in ("format", "format_version", "feature_names")}
+        settings = {k: v for k, v in doc.items() if k != "feature_names"}
         return cls(TreeEnsemble(arrays, len(ALL_FEATURE_NAMES)), settings, directory)
