@@ -161,8 +161,6 @@ def test_register_scenes_fixes_one_rig_in_train_and_val_only():
 def test_evaluation_applies_the_shipped_bundles_saved_registration():
     """evaluate/robustness rebuild the validation frames with the registration the bundle was
     trained with (read from the bundle), and that is what a fresh estimate gives on the same data."""
-    from dataclasses import fields
-
     from safetynet.sceneproof.task import _frames_from_config
     from safetynet.sceneproof.bundle import SceneProof
     from safetynet.sceneproof.train import SceneProofConfig, load_frames
@@ -173,8 +171,7 @@ def test_evaluation_applies_the_shipped_bundles_saved_registration():
     assert saved["7scenes-kitchen"]["verdict"] == "applied"
     val, info = _frames_from_config(bundle, str(root))
     assert info["registration"] == saved
-    names = {f.name for f in fields(SceneProofConfig)}
-    cfg = SceneProofConfig(**{k: v for k, v in bundle.settings["training"]["config"].items() if k in names})
+    cfg = SceneProofConfig.from_saved(bundle.settings["training"]["config"])
     cfg.data_dir = str(root)
     _, fresh, fresh_info = load_frames(cfg, validation_only=True)
     assert fresh_info["registration"]["7scenes-kitchen"]["scale"] == saved["7scenes-kitchen"]["scale"]

@@ -30,12 +30,13 @@ __all__ = ["plot_success_vs_accuracy", "plot_roc_curves", "plot_cross_attack_hea
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 
 
-def new_figure(width: float = 5.0, height: float = 4.0, dpi: int = 120):
-    """A standalone figure on the Agg canvas (not registered with pyplot, so never leaks)."""
+def new_figure(width: float = 5.0, height: float = 4.0, dpi: int = 120, layout: str | None = "constrained"):
+    """A standalone figure on the Agg canvas (not registered with pyplot, so never leaks); ``layout=None``
+    for axes placed by hand."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=dpi, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -77,7 +78,7 @@ def plot_success_vs_accuracy(points: Sequence[Mapping[str, Any]], path: str | os
                 raise InputError(f"every point needs the key {k!r}; got keys {sorted(p)}")
     detectors = list(dict.fromkeys(str(p["detector"]) for p in points))
     attacks = list(dict.fromkeys(str(p["attack"]) for p in points))
-    fig = new_figure(7.6, 4.2)
+    fig = new_figure(7.6, 4.2, layout=None)
     # Legends sit right of the axes: inside they hid points near the corners (e.g. weak attacks at low success).
     ax = fig.add_axes((0.09, 0.12, 0.6, 0.8))
     colors = {d: f"C{i % 10}" for i, d in enumerate(detectors)}

@@ -139,8 +139,8 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
         rep.heading("Figure 2 D-F layout (ImageNet)")
         rep.paragraph(
             "The paper's ImageNet panels: **D** same-attack detection against the adversary's top-5 success, **E** the "
-            "same detectors against top-1 success, **F** the detector trained on the L∞ attack "
-            f"({labels[_panel_train_attack(settings, cfg)]}) tested on every attack, against top-5 success. Detector accuracy is "
+            f"same detectors against top-1 success, **F** the detector trained on {labels[_panel_train_attack(settings, cfg)]} "
+            "(the paper's L∞ attack) tested on every attack, against top-5 success. Detector accuracy is "
             "balanced accuracy at the detector's own threshold, as in the paper. The pooled detector is left out: on a "
             "layer that is already one value per channel it is the quaternary detector.")
         for key, alt in (("fig2d", "Figure 2D: same attack, top-5"), ("fig2e", "Figure 2E: same attack, top-1"),

@@ -16,7 +16,6 @@ as CIFAR-10; this module supplies what is SceneProof's own:
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -136,19 +135,12 @@ def sceneproof_task(bundle: SceneProof | str | None = None, *, data_dir: str | N
 
 def _frames_from_config(bundle: SceneProof, data_dir: str | None) -> tuple[FrameSet, dict[str, Any]]:
     """Rebuild the validation frames of the bundle's training run (and check they match)."""
-    from .train import LEGACY_VAL_SCENES, SceneProofConfig, load_frames
+    from .train import SceneProofConfig, load_frames
 
     saved = dict(bundle.settings.get("training", {}).get("config", {}))
     if not saved:
         raise InputError("the bundle has no training config; cannot rebuild its validation split")
-    names = {f.name for f in dataclasses.fields(SceneProofConfig)}
-    cfg = SceneProofConfig(**{k: v for k, v in saved.items() if k in names})
-    if "register" not in saved:  # bundles trained before registration existed used raw depth
-        cfg.register = False
-    if "val_sources" not in saved:  # bundles trained before whole-source validation
-        cfg.val_sources, cfg.val_subscenes = list(LEGACY_VAL_SCENES), False
-    if "val_tail" not in saved:
-        cfg.val_tail = 0.2
+    cfg = SceneProofConfig.from_saved(saved)
     cfg.data_dir = data_dir if data_dir is not None else None
     # Registration as the bundle's training applied it (recorded in the bundle), not re-estimated.
     saved_reg = bundle.settings["training"]["data"].get("registration") if cfg.register else None

@@ -120,6 +120,20 @@ class SceneProofConfig:
                                           "rejected")
     min_valid_fraction: float = setting(0.02, "verify: patches with fewer valid depth pixels count as P(real) = 0")
 
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> SceneProofConfig:
+        """The config a bundle was trained with (its ``training.config``), with the settings of older
+        bundles that predate a field restored, so that their validation frames are rebuilt exactly."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        cfg = cls(**{k: v for k, v in saved.items() if k in names})
+        if "register" not in saved:  # bundles trained before registration existed used raw depth
+            cfg.register = False
+        if "val_sources" not in saved:  # bundles trained before whole-source validation
+            cfg.val_sources, cfg.val_subscenes = list(LEGACY_VAL_SCENES), False
+        if "val_tail" not in saved:
+            cfg.val_tail = 0.2
+        return cfg
+
     def check(self) -> None:
         for name in ("height", "width_px", "patch", "stride", "long_sequence", "real_patches", "fake_patches", "rounds", "width",
                      "hidden", "epochs", "batch_size", "det_natural", "det_attacked", "attack_steps"):
