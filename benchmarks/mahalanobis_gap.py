@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(train, name, noise, {k: round(v, 4) for k, v in aucs.items()}, file=sys.stderr)
     doc = {"rows": rows, "n_fit_natural": len(xf), "n_test_clean": len(x_clean),
            "test_adversarials": {a: len(x) for a, x in test.items()}, "seconds": round(time.time() - t_start, 1),
-           "config": vars(args), "environment": environment()}
+           "config": vars(args), "argv": sys.argv if argv is None else ["benchmarks/mahalanobis_gap.py", *argv],
+           "environment": environment()}
     write_json_atomic(Path(args.out), doc)
     return doc
 
