@@ -124,7 +124,7 @@ def test_7scenes_depth_is_unregistered_and_open3d_is_registered():
 def test_register_scenes_fixes_one_rig_in_train_and_val_only():
     from dataclasses import replace
 
-    from safetynet.sceneproof.train import register_scenes
+    from safetynet.sceneproof.frames import register_scenes
 
     frames = simulate_scenes(30, size=(H, W), seed=8, views_per_scene=1).frames(sensor=False)
     bad = Registration(dy=3 / H, dx=-4 / W)  # rig "cam-a" stores its depth 3 px low and 4 px left

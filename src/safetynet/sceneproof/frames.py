@@ -1,10 +1,13 @@
-"""SceneProof's frame sets: the split by scene, per-source weights, and fakes made from whole frames.
+"""SceneProof's frame sets: the split by scene, depth registration per rig, per-source weights, and
+fakes made from whole frames.
 
 Data (see ``docs/sceneproof-data.md``):
 
 * frames are resized to the working resolution (default :data:`DEFAULT_SIZE`, 120x160) and
-  split **by scene** (:func:`split_by_scene`): whole scenes, plus the last part of long
-  sequences (7-Scenes) behind a guard band of frames, go to validation;
+  split **by scene** (:func:`split_by_scene`): whole sources go to validation (bundles trained
+  before 2026-12 also sent the last part of long sequences, behind a guard band);
+* each rig's depth is registered to its images (:func:`register_scenes`), estimated on its
+  training frames only;
 * real patches come from real captures and from the simulator's *sensor* frames (a simulated
   capture of a synthetic room counts as a real capture: its depth is what a Kinect would measure
   of that room); the simulator's noise-free renders are the test-only ``rendered`` fake;
@@ -18,6 +21,7 @@ Patches are cut from these frames by :mod:`safetynet.sceneproof.sampling`.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +33,8 @@ import torch
 from ..data.rgbd.frame import RGBDFrame, stack_frames
 from ..errors import InputError
 from .fakes import insert_region_boxes, make_fakes
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = (120, 160)
 
@@ -199,5 +205,54 @@ def fake_frames(kind: str, frames: FrameSet, seed: int, predictor: Callable | No
     return out, (torch.cat(boxes) if boxes else None)
 
 
-__all__ = ["DEFAULT_SIZE", "FrameSet", "balanced_subset", "fake_frames", "frame_weights", "pairing_chunks",
+def register_scenes(train: list, val: list, *, min_frames: int = 20, min_gain: float = 0.1,
+                    saved: dict[str, dict[str, Any]] | None = None) -> tuple[list, list, dict[str, dict[str, Any]]]:
+    """Register each scene's depth to its images (:func:`~safetynet.data.rgbd.registration.calibrate_registration`),
+    estimated on the scene's *training* frames only and applied to its training and validation
+    frames alike (same rig). Returns (train, val, {scene: registration and verdict}).
+
+    ``saved``: a previous run's report (``{scene: {"scale", "dy", "dx", ..., "verdict"}}``); its
+    "applied" registrations are used as they are and nothing is estimated.
+    """
+    from dataclasses import fields as dataclass_fields, replace
+
+    from ..data.rgbd.frame import stack_frames
+    from ..data.rgbd.registration import Registration, apply_registration, calibrate_registration
+
+    report: dict[str, dict[str, Any]] = {}
+    regs = {}
+    if saved is not None:
+        fields = {f.name for f in dataclass_fields(Registration)}
+        for scene, entry in saved.items():
+            if not isinstance(entry, dict) or not fields <= set(entry):
+                raise InputError(f"saved registration of {scene!r} lacks {sorted(fields - set(entry or {}))}; "
+                                 "retrain the bundle with `safetynet sceneproof train`")
+            report[scene] = dict(entry)
+            if entry.get("verdict") == "applied":
+                regs[scene] = Registration(**{k: entry[k] for k in fields})
+    else:
+        by_scene: dict[str, list] = {}
+        for f in train:
+            by_scene.setdefault(f.scene, []).append(f)
+        for scene, group in by_scene.items():
+            reg, verdict = calibrate_registration(*stack_frames(group), min_gain=min_gain, min_frames=min_frames)
+            if len(group) >= min_frames:
+                report[scene] = {**reg.to_dict(), "verdict": verdict}
+                log.info("registration of %s: %s %s", scene, verdict, reg.to_dict())
+            if verdict == "applied":
+                regs[scene] = reg
+
+    def apply(frames: list) -> list:
+        out = []
+        for f in frames:
+            if f.scene in regs:
+                d, v = apply_registration(f.depth[None], f.valid[None], regs[f.scene])
+                f = replace(f, depth=d[0], valid=v[0])
+            out.append(f)
+        return out
+
+    return apply(train), apply(val), report
+
+
+__all__ = ["DEFAULT_SIZE", "FrameSet", "balanced_subset", "fake_frames", "frame_weights", "pairing_chunks", "register_scenes",
            "source_of", "split_by_scene"]

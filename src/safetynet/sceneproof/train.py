@@ -39,7 +39,7 @@ from ..cli_config import setting
 from ..errors import InputError
 from .bundle import SceneProof
 from .fit import predict_proba, train_classifier
-from .frames import FrameSet, split_by_scene
+from .frames import FrameSet, register_scenes, split_by_scene
 from .labels import DETECTOR_LAYERS, REAL
 from .network import build_sceneproof_model, channel_stats, model_config
 from .sampling import PatchSet, evaluation_patches, training_patches
@@ -210,55 +210,6 @@ def load_frames(cfg: SceneProofConfig, validation_only: bool = False,
     return FrameSet.from_frames(train), FrameSet.from_frames(val), info
 
 
-def register_scenes(train: list, val: list, *, min_frames: int = 20, min_gain: float = 0.1,
-                    saved: dict[str, dict[str, Any]] | None = None) -> tuple[list, list, dict[str, dict[str, Any]]]:
-    """Register each scene's depth to its images (:func:`~safetynet.data.rgbd.registration.calibrate_registration`),
-    estimated on the scene's *training* frames only and applied to its training and validation
-    frames alike (same rig). Returns (train, val, {scene: registration and verdict}).
-
-    ``saved``: a previous run's report (``{scene: {"scale", "dy", "dx", ..., "verdict"}}``); its
-    "applied" registrations are used as they are and nothing is estimated.
-    """
-    from dataclasses import replace
-
-    from ..data.rgbd.frame import stack_frames
-    from ..data.rgbd.registration import Registration, apply_registration, calibrate_registration
-
-    report: dict[str, dict[str, Any]] = {}
-    regs = {}
-    if saved is not None:
-        fields = {f.name for f in dataclasses.fields(Registration)}
-        for scene, entry in saved.items():
-            if not isinstance(entry, dict) or not fields <= set(entry):
-                raise InputError(f"saved registration of {scene!r} lacks {sorted(fields - set(entry or {}))}; "
-                                 "retrain the bundle with `safetynet sceneproof train`")
-            report[scene] = dict(entry)
-            if entry.get("verdict") == "applied":
-                regs[scene] = Registration(**{k: entry[k] for k in fields})
-    else:
-        by_scene: dict[str, list] = {}
-        for f in train:
-            by_scene.setdefault(f.scene, []).append(f)
-        for scene, group in by_scene.items():
-            reg, verdict = calibrate_registration(*stack_frames(group), min_gain=min_gain, min_frames=min_frames)
-            if len(group) >= min_frames:
-                report[scene] = {**reg.to_dict(), "verdict": verdict}
-                log.info("registration of %s: %s %s", scene, verdict, reg.to_dict())
-            if verdict == "applied":
-                regs[scene] = reg
-
-    def apply(frames: list) -> list:
-        out = []
-        for f in frames:
-            if f.scene in regs:
-                d, v = apply_registration(f.depth[None], f.valid[None], regs[f.scene])
-                f = replace(f, depth=d[0], valid=v[0])
-            out.append(f)
-        return out
-
-    return apply(train), apply(val), report
-
-
 def _select(n: int, k: int, rng: np.random.Generator, exclude: np.ndarray | None = None) -> np.ndarray:
     pool = np.setdiff1d(np.arange(n), exclude) if exclude is not None else np.arange(n)
     return np.sort(rng.choice(pool, size=min(k, len(pool)), replace=False))
@@ -420,4 +371,4 @@ def train_sceneproof(cfg: SceneProofConfig) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["LEGACY_VAL_SCENES", "TRAIN_KINDS", "VAL_SOURCES", "SceneProofConfig", "default_data_dir", "load_frames", "register_scenes", "train_sceneproof"]
+__all__ = ["LEGACY_VAL_SCENES", "TRAIN_KINDS", "VAL_SOURCES", "SceneProofConfig", "default_data_dir", "load_frames", "train_sceneproof"]
