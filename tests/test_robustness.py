@@ -339,3 +339,38 @@ def test_an_interrupted_robustness_run_resumes_from_its_cache(digits_checkpoint,
     changed = run_robustness(RobustnessConfig(out=str(tmp_path / "d"), **{**kw, "steps": 5}))
     assert len(list((tmp_path / "cache").glob("cell-*.npz"))) == 2 * len(cells)
     assert changed["records"] != first["records"]
+
+
+def test_task_cache_key_follows_weights_images_settings_and_surrogate_files(tmp_path):
+    """What a cell's key depends on: a surrogate's weights (given as a module or as a checkpoint folder's
+    files), a config field, the images; two modules with the same weights give the same key."""
+    import dataclasses
+
+    from safetynet._io import folder_sha256
+    from safetynet.chunk_store import fingerprint
+    from safetynet.evaluation.engine import task_cache_key
+    from safetynet.evaluation.task import Task
+    from safetynet.models.small import SmallCNN
+    from safetynet.robustness import RobustnessConfig
+
+    torch.manual_seed(0)
+    model, sur = SmallCNN(), SmallCNN()
+    x = torch.rand(4, 1, 8, 8)
+    y = torch.zeros(4, dtype=torch.long)
+    task = Task("digits", model, "test", x, y, x, y, {}, surrogates={"s": sur})
+    cfg = RobustnessConfig(dataset="digits", model=model)
+    key = fingerprint(task_cache_key(task, x, cfg))
+    twin = SmallCNN()
+    twin.load_state_dict(model.state_dict())
+    assert fingerprint(task_cache_key(task, x, dataclasses.replace(cfg, model=twin))) == key
+    assert fingerprint(task_cache_key(task, x, dataclasses.replace(cfg, steps=cfg.steps + 1))) != key
+    assert fingerprint(task_cache_key(task, x, dataclasses.replace(cfg, out="elsewhere"))) == key  # not a setting
+    assert fingerprint(task_cache_key(dataclasses.replace(task, test_x=x + 0.1), x, cfg)) != key
+    with torch.no_grad():
+        next(sur.parameters()).add_(1e-3)
+    assert fingerprint(task_cache_key(task, x, cfg)) != key
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "w.bin").write_bytes(b"a")
+    before = folder_sha256(tmp_path / "ck")
+    (tmp_path / "ck" / "w.bin").write_bytes(b"b")
+    assert folder_sha256(tmp_path / "ck") != before

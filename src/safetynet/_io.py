@@ -57,3 +57,13 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def folder_sha256(directory: str | os.PathLike[str]) -> str:
+    """One sha256 for every file under ``directory``, in byte order of their relative paths: the sha256
+    of its ``sha256sum`` manifest, so anyone can recompute it with
+    ``cd DIR && find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs sha256sum | sha256sum``."""
+    root = Path(directory)
+    files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix().encode())
+    manifest = "".join(f"{sha256_file(p)}  {p.relative_to(root).as_posix()}\n" for p in files)
+    return hashlib.sha256(manifest.encode()).hexdigest()

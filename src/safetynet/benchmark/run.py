@@ -157,7 +157,7 @@ def run_benchmark(cfg: BenchmarkConfig, defences: dict[str, Defence] | None = No
     same held-out clean images and runs every attack on them (as "trained on: given").
     Returns the results dict (also in ``results.json``).
     """
-    from ..evaluation.engine import AttackBench, AttackSettings
+    from ..evaluation.engine import AttackBench, AttackSettings, task_cache_key
     from ..evaluation.flags import compute_flags
     from ..evaluation.rows import expand_rows
     from ..evaluation.task import image_task
@@ -245,14 +245,8 @@ def run_benchmark(cfg: BenchmarkConfig, defences: dict[str, Defence] | None = No
     # The first n_adaptive test images (all of them when n <= n_adaptive) face the adaptive rows.
     n_adaptive = min(cfg.n_adaptive, len(task.test_y))
     adaptive_task = dataclasses.replace(task, test_x=task.test_x[:n_adaptive], test_y=task.test_y[:n_adaptive])
-    # What the cells depend on beyond what the bench sees (the defences' keys and thresholds): the
-    # classifier, the images, and every setting of the detectors' fits.
-    fit_settings = {f: getattr(cfg, f) for f in ("n_fit", "calibration", "target_fpr", "type1_eps", "steps",
-                                                 "deepfool_steps", "narrow_gamma", "metzen_epochs", "mc_samples", "seed")}
-    cache_key = {"model": model_fp, "images": fingerprint(adaptive_task.test_x.numpy()),
-                 "natural_fit": fingerprint(x_nat.numpy()), "adaptive_train_attack": cfg.adaptive_train_attack,
-                 "fit": fit_settings, "given": sorted(defences)}
-    bench = AttackBench(adaptive_task, adaptive_defences, settings, None, x_nat, y_nat, store=store, cache_key=cache_key)
+    bench = AttackBench(adaptive_task, adaptive_defences, settings, None, x_nat, y_nat, store=store,
+                        cache_key=task_cache_key(adaptive_task, x_nat, cfg))
     res = bench.run(expand_rows(list(cfg.adaptive), []), list(cfg.norms))
     timings.update({f"adaptive {k}": v for k, v in res.timings.items()})
     flags = compute_flags(bench, res.records)

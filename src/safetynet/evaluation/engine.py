@@ -25,13 +25,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..chunk_store import ChunkStore
+from ..chunk_store import ChunkStore, fingerprint, model_fingerprint
 from ..errors import InputError
 from ..attacks.batched import attack_in_batches
 from .defence import Defence, Verdicts, smoothable
@@ -42,7 +42,25 @@ from .task import Task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AttackBench", "AttackSettings", "BenchResults", "cell_record"]
+__all__ = ["AttackBench", "AttackSettings", "BenchResults", "cell_record", "task_cache_key"]
+
+
+def task_cache_key(task: Task, x_nat: torch.Tensor, config: Any, *, exclude: tuple[str, ...] = ("out", "cache")
+                   ) -> dict[str, Any]:
+    """The ``cache_key`` of an :class:`AttackBench` for a job: what its cells depend on beyond the bench
+    itself, i.e. the classifier's weights, the attacked and natural fit images, the threat mask, the
+    task's own surrogates and every field of the job's ``config`` dataclass but ``exclude`` (models
+    given as objects by their weights). A new config field is part of the key by default, so a
+    changed setting can only miss the cache, never read a stale cell."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, torch.nn.Module):
+            return model_fingerprint(v)
+        return [plain(u) for u in v] if isinstance(v, (list, tuple)) else v
+
+    return {"model": model_fingerprint(task.model), "task": task.name, "images": fingerprint(task.test_x.numpy()),
+            "natural_fit": fingerprint(x_nat.numpy()), "mask": None if task.mask is None else fingerprint(task.mask.numpy()),
+            "surrogates": {k: model_fingerprint(m) for k, m in task.surrogates.items()},
+            "config": {f.name: plain(getattr(config, f.name)) for f in fields(config) if f.name not in exclude}}
 
 
 @dataclass

@@ -30,10 +30,11 @@ import torch
 from torch import nn
 
 from .._job import prepare_output
-from ..chunk_store import ChunkStore, fingerprint, model_fingerprint
+from .._io import folder_sha256
+from ..chunk_store import ChunkStore
 from ..errors import InputError
 from ..evaluation.defence import Defence, calibration_split
-from ..evaluation.engine import AttackBench
+from ..evaluation.engine import AttackBench, task_cache_key
 from ..evaluation.rows import DEFENCE_TITLES, DEFENCES, expand_rows
 from ..evaluation.surrogates import SurrogatePool, craft_adversarials
 from ..evaluation.task import Task, image_task
@@ -168,11 +169,9 @@ def run_robustness(cfg: RobustnessConfig, *, task: Task | None = None) -> dict[s
                                data_dir=cfg.data_dir, epochs=cfg.surrogate_epochs, metzen_epochs=cfg.metzen_epochs,
                                batch_size=cfg.batch_size, mask=task.mask)
     # Finished cells are saved as they end, keyed by everything they depend on: an interrupted run resumes.
-    settings_key = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-                    if f.name not in ("out", "cache", "model")}
-    cache_key = {"model": model_fingerprint(model), "task": task.name, "images": fingerprint(task.test_x.numpy()),
-                 "natural_fit": fingerprint(x_nat.numpy()), "config": settings_key,
-                 "mask": None if task.mask is None else fingerprint(task.mask.numpy())}
+    # Surrogates given as checkpoint folders are keyed by their files' contents, not only their paths.
+    cache_key = {**task_cache_key(task, x_nat, cfg),
+                 "surrogate_files": {str(p): folder_sha256(p) for p in cfg.surrogate_models or () if isinstance(p, (str, Path))}}
     bench = AttackBench(task, defences, cfg.attack_settings(eps), surrogates, x_nat, y_nat,
                         store=ChunkStore(cfg.cache or out / "cache"), cache_key=cache_key)
     rows = expand_rows(cfg.attacks, surrogates.tags)

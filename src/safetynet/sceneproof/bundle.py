@@ -8,7 +8,6 @@ transfer attacks) and ``depth_regressor.safetensors`` (makes the ``predicted_dep
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -41,14 +40,12 @@ def bundle_sha256(directory: str | os.PathLike[str] | None = None) -> str:
     It is the sha256 of the ``sha256sum`` manifest of the folder, so anyone can recompute it:
     ``cd BUNDLE && find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs sha256sum | sha256sum``.
     """
-    from .._io import sha256_file
+    from .._io import folder_sha256
 
     root = Path(directory) if directory is not None else default_model_dir()
-    files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix().encode())
-    if not files:
+    if not any(p.is_file() for p in root.rglob("*")):
         raise CheckpointError(f"{root} holds no files; it is not a SceneProof bundle")
-    manifest = "".join(f"{sha256_file(p)}  {p.relative_to(root).as_posix()}\n" for p in files)
-    return hashlib.sha256(manifest.encode()).hexdigest()
+    return folder_sha256(root)
 
 
 @dataclass
