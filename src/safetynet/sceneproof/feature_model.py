@@ -27,7 +27,7 @@ from .alignment_features import ALIGNMENT_NAMES, alignment_features
 from .features import FEATURE_NAMES, frame_features
 from .tree_export import TREE_ARRAYS, TreeEnsemble, export_hgb
 
-__all__ = ["ALL_FEATURE_NAMES", "FEATURE_MODEL_FORMAT", "FEATURE_MODEL_JSON", "FeatureVerifier", "all_features",
+__all__ = ["ALL_FEATURE_NAMES", "FEATURE_MODEL_FORMAT", "FEATURE_MODEL_JSON", "FeatureVerifier", "all_features", "feature_matrix",
            "default_feature_model_dir", "is_feature_model"]
 
 FEATURE_MODEL_FORMAT = "safetynet-sceneproof-features"
@@ -42,6 +42,12 @@ ALL_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES + ALIGNMENT_NAMES
 def all_features(image: np.ndarray, depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """The :data:`ALL_FEATURE_NAMES` vector of one frame: image (3,H,W) in [0,1], depth (H,W) metres, valid (H,W)."""
     return np.concatenate([frame_features(image, depth, valid), alignment_features(image, depth, valid)])
+
+
+def feature_matrix(frames: Any) -> np.ndarray:
+    """The (N, len(ALL_FEATURE_NAMES)) rows of a :class:`~safetynet.sceneproof.frames.FrameSet`."""
+    img, dep, val = frames.image.numpy(), frames.depth.numpy(), frames.valid.numpy()
+    return np.stack([all_features(img[i], dep[i, 0], val[i, 0]) for i in range(len(img))])
 
 
 def default_feature_model_dir() -> Path:

@@ -39,7 +39,7 @@ from ..errors import DataError, InputError
 from .feature_model import ALL_FEATURE_NAMES as FEATURE_NAMES
 from .frames import FrameSet
 from .loso_config import LosoConfig
-from .loso_rows import ABSTAIN, REAL, RowTable, _features, group_of, load_frames, loso_splits, make_rows  # noqa: F401
+from .loso_rows import ABSTAIN, REAL, RowTable, group_of, load_frames, loso_splits, make_rows  # noqa: F401
 
 log = logging.getLogger(__name__)
 

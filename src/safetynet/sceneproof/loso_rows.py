@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, InputError
-from .feature_model import all_features
+from .feature_model import feature_matrix
 from .frames import FrameSet
 
 log = logging.getLogger(__name__)
@@ -109,11 +109,6 @@ class RowTable:
         return RowTable(self.X[mask], self.group[mask], self.kind[mask], self.donor[mask], self.cnn[mask])
 
 
-def _features(fs: FrameSet) -> np.ndarray:
-    img, dep, val = fs.image.numpy(), fs.depth.numpy(), fs.valid.numpy()
-    return np.stack([all_features(img[i], dep[i, 0], val[i, 0]) for i in range(len(fs))])
-
-
 def _swap_from_donors(fs: FrameSet, donors: FrameSet, donor_groups: Sequence[str], rng: np.random.Generator
                       ) -> tuple[FrameSet, list[str]]:
     """Each image with the depth of a random frame of another source (an adversary's real depth map)."""
@@ -146,7 +141,7 @@ def make_rows(fs: FrameSet, groups: Sequence[str], kinds: Sequence[str], seed: i
         sub = fs.subset(np.flatnonzero(g_arr == name))
         n = len(sub)
         base_kind = "fake" if as_fake else REAL
-        parts.append(RowTable(_features(sub), np.array([name] * n, dtype=object), np.array([base_kind] * n, dtype=object),
+        parts.append(RowTable(feature_matrix(sub), np.array([name] * n, dtype=object), np.array([base_kind] * n, dtype=object),
                               np.array([""] * n, dtype=object), cnn_verdicts(sub)))
         for ki, kind in enumerate(kinds):
             kseed = int(seed) * 100003 + _stable(name) * 101 + ki
@@ -172,7 +167,7 @@ def make_rows(fs: FrameSet, groups: Sequence[str], kinds: Sequence[str], seed: i
                 else:
                     img, dep, val = make_fakes(kind, sub.image, sub.depth, sub.valid, seed=kseed, **opts)
                     fk = FrameSet(img, dep, val, list(sub.scenes), list(sub.sources))
-            parts.append(RowTable(_features(fk), np.array([name] * n, dtype=object), np.array([kind] * n, dtype=object),
+            parts.append(RowTable(feature_matrix(fk), np.array([name] * n, dtype=object), np.array([kind] * n, dtype=object),
                                   np.array(donor, dtype=object), cnn_verdicts(fk)))
     return RowTable.concat(parts)
 

@@ -203,10 +203,9 @@ def verify_frames(bundle: SceneProof, frames: FrameSet, *, reject_fraction: floa
 
 def verify_frames_features(model: FeatureVerifier, frames: FrameSet) -> list[Verdict]:
     """Verdicts of the feature model for frames already at its working resolution."""
-    from .feature_model import all_features
+    from .feature_model import feature_matrix
 
-    img, dep, val = frames.image.numpy(), frames.depth.numpy(), frames.valid.numpy()
-    X = np.stack([all_features(img[i], dep[i, 0], val[i, 0]) for i in range(len(frames))])
+    X = feature_matrix(frames)
     p = model.p_fake(X)
     enough = model.enough_depth(X)
     thr = model.threshold
