@@ -41,7 +41,7 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from .._io import write_bytes_atomic
 from ..errors import LimitError, SafetyNetError
-from ..sceneproof.bundle import SceneProof, bundle_sha256
+from ..sceneproof.bundle import SceneProof, bundle_sha256, default_model_dir
 from ..sceneproof.feature_model import FeatureVerifier, default_feature_model_dir
 from ..sceneproof.verify import load_verifier, verify_bytes
 from .audit import AuditLog, AuditRecord
@@ -102,10 +102,11 @@ class Service:
 
     def __init__(self, settings: ServeConfig, bundle: SceneProof | FeatureVerifier | None = None) -> None:
         self.settings = settings.validate()
-        directory = Path(settings.model) if settings.model and settings.model != "cnn" else default_feature_model_dir()
         # The same model verify would use for --model (default: the shipped feature model).
         self.bundle = bundle if bundle is not None else load_verifier(settings.model)
-        self.directory = Path(self.bundle.directory or directory)
+        # A model built in memory has no folder: identify it by the shipped one of its kind.
+        default = default_model_dir() if isinstance(self.bundle, SceneProof) else default_feature_model_dir()
+        self.directory = Path(self.bundle.directory or default)
         self.model_sha256 = bundle_sha256(self.directory)
         self.model_id = str(self.bundle.settings.get("name") or self.directory.name)
         self.audit = AuditLog(settings.audit_db)
