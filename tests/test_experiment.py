@@ -327,7 +327,9 @@ def test_imagenet_panels_put_each_detector_at_its_top5_top1_and_trained_on_linf_
     monkeypatch.setattr(report, "plot_success_vs_accuracy", lambda pts, path, title=None: seen.setdefault(path.stem, pts) and path)
     for wanted, row in ((None, keys.index("bim-linf-2")), ("fgsm-2", 0)):
         seen.clear()
-        report._imagenet_panels(results, settings, SimpleNamespace(train_attack=wanted), tmp_path)
+        labels = {s.key: s.label for s in settings}
+        report._imagenet_panels(results, labels, report._panel_train_attack(settings, SimpleNamespace(train_attack=wanted)),
+                                tmp_path)
         assert {p["detector"] for p in seen["fig2d"]} == {"SafetyNet (binary codes)", "SafetyNet (quaternary codes)",
                                                           "Metzen et al. subnetwork"}
         for i, s in enumerate(settings):

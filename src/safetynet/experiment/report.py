@@ -26,6 +26,7 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
 
     fig_dir = out / "figures"
     labels = {s.key: s.label for s in settings}
+    panel_f_train = _panel_train_attack(settings, cfg)  # ImageNet runs: the training attack of Figure 2F
     figures: dict[str, Path] = {}
     if usable:
         points = []
@@ -36,7 +37,7 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
         figures["fig2"] = plot_success_vs_accuracy(points, fig_dir / "success_vs_accuracy.png",
                                                    title="Same-attack detection (Figure 2B layout)")
         if any("success_rate_test_top5" in a for a in results["attacks"]):
-            figures.update(_imagenet_panels(results, settings, cfg, fig_dir))
+            figures.update(_imagenet_panels(results, labels, panel_f_train, fig_dir))
         for d in ("svm-binary", "svm-pooled", "metzen"):
             curves = {labels[s.key]: (scores[d][s.key]["natural"], scores[d][s.key]["adversarial"][s.key]) for s in usable}
             figures[f"roc-{d}"] = plot_roc_curves(curves, fig_dir / f"roc_{d}.png", title=f"ROC: {DETECTOR_TITLES[d]}")
@@ -139,7 +140,7 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
         rep.heading("Figure 2 D-F layout (ImageNet)")
         rep.paragraph(
             "The paper's ImageNet panels: **D** same-attack detection against the adversary's top-5 success, **E** the "
-            f"same detectors against top-1 success, **F** the detector trained on {labels[_panel_train_attack(settings, cfg)]} "
+            f"same detectors against top-1 success, **F** the detector trained on {labels[panel_f_train]} "
             "(the paper's L∞ attack) tested on every attack, against top-5 success. Detector accuracy is "
             "balanced accuracy at the detector's own threshold, as in the paper. The pooled detector is left out: on a "
             "layer that is already one value per channel it is the quaternary detector.")
@@ -219,21 +220,19 @@ def write_experiment_report(out: Path, cfg, results: dict[str, Any], settings: S
 _PANEL_DETECTORS = ("svm-binary", "svm-quaternary", "metzen")
 
 
-def _panel_train_attack(settings: Sequence, cfg) -> str:
+def _panel_train_attack(settings: Sequence, cfg) -> str | None:
     """Key of the attack panel F trains on: ``cfg.train_attack`` (key, label or family), else the first BIM-L∞."""
     wanted = getattr(cfg, "train_attack", None)
     for s in settings:
         if wanted is None and s.family == "BIM-Linf" or wanted is not None and wanted in (s.key, s.label, s.family):
             return s.key
-    return settings[0].key
+    return settings[0].key if settings else None
 
 
-def _imagenet_panels(results: dict[str, Any], settings: Sequence, cfg, fig_dir: Path) -> dict[str, Path]:
-    """Figure 2 D (same attack, top-5 success), E (same attack, top-1) and F (trained on L∞, top-5)."""
+def _imagenet_panels(results: dict[str, Any], labels: dict[str, str], train: str, fig_dir: Path) -> dict[str, Path]:
+    """Figure 2 D (same attack, top-5 success), E (same attack, top-1) and F (trained on ``train``, top-5)."""
     top = {a["key"]: (a["success_rate_test_top1"], a["success_rate_test_top5"]) for a in results["attacks"]}
-    labels = {s.key: s.label for s in settings}
     panels: dict[str, list[dict[str, Any]]] = {"fig2d": [], "fig2e": [], "fig2f": []}
-    train = _panel_train_attack(settings, cfg)
     for d in _PANEL_DETECTORS:
         det = results["detectors"][d]
         for row in det["same_attack"]:
