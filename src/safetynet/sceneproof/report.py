@@ -62,11 +62,13 @@ def write_report(path: Path, results: Mapping[str, Any], bundle: SceneProof, env
     """Markdown report of :func:`evaluate_sceneproof`'s results; ``env`` is what results.json records."""
     from ..metrics import RATE_LABELS
     from ..evaluation.report import MarkdownReport, reproduce_paragraph
+    from .train import SceneProofConfig
 
     tr = bundle.settings.get("training", {})
     rep = MarkdownReport(path, title="SceneProof: real vs fake RGB-D, with SafetyNet detectors")
     data = tr.get("data", {})
     tcfg = tr.get("config", {})
+    split = SceneProofConfig.from_saved(tcfg)  # with older bundles' split settings restored
     rep.paragraph(
         "Everything below is measured on CPU by `safetynet sceneproof evaluate`; the bundle was trained by "
         "`safetynet sceneproof train`. Unit: 64x64 RGB-D **patches** of frames resized to "
@@ -80,10 +82,10 @@ def write_report(path: Path, results: Mapping[str, Any], bundle: SceneProof, env
         f"never trained on): real {data.get('real_val')} plus {data.get('sim_val_frames')} sensor frames of other "
         f"simulated rooms. " + (
             f"Sequences of at least {tcfg.get('long_sequence', 100)} frames (7-Scenes, box-scene) are "
-            f"split by time: their last {tcfg.get('val_tail', 0.2):.0%} is validation, behind a {tcfg.get('guard', 0.04):.0%} "
+            f"split by time: their last {split.val_tail:.0%} is validation, behind a {tcfg.get('guard', 0.04):.0%} "
             "guard band of dropped frames; other validation scenes are held out whole. "
-            if tcfg.get("val_tail", 0.2) > 0 else
-            f"Validation sources are held out whole (one folder = one group): {', '.join(tcfg.get('val_sources', []))}. ")
+            if split.val_tail > 0 else
+            f"Validation sources are held out whole (one folder = one group): {', '.join(split.val_sources)}. ")
         + "Held-out captures (`rgbd-heldout/`) are used only in the last section.")
     reg = data.get("registration")
     if reg:
