@@ -82,7 +82,7 @@ class TreeEnsemble:
 
     def _depth(self) -> int:
         a = self.arrays
-        depth = np.zeros(len(a["value"]), dtype=np.int64)
+        n_nodes = len(a["value"])
         steps = 0
         frontier = a["roots"].astype(np.int64)
         while True:
@@ -90,7 +90,7 @@ class TreeEnsemble:
             if inner.size == 0:
                 return steps
             steps += 1
-            if steps > len(depth):
+            if steps > n_nodes:  # no path in an acyclic tree is longer than its node count
                 raise CheckpointError("the trees contain a cycle; the model file is damaged")
             frontier = np.concatenate([a["left"][inner], a["right"][inner]]).astype(np.int64)
 
