@@ -284,6 +284,9 @@ def test_chunk_store_is_keyed_by_content_and_refuses_damaged_files(tmp_path):
     from safetynet.chunk_store import ChunkStore, fingerprint, model_fingerprint
     from safetynet.models.small import SmallCNN
 
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(InputError, match="cache folder"):
+        ChunkStore(tmp_path / "a-file")
     store = ChunkStore(tmp_path)
     key = {"model": "m", "indices": [1, 2, 3], "thresholds": {"a": np.arange(3.0)}}
     assert store.get("attack", key) is None

@@ -75,7 +75,11 @@ class ChunkStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file in the way, no permission, read-only disk: say which folder, not a traceback
+            raise InputError(f"cannot use {self.root} as the cache folder ({e.strerror}); pass --cache a writable "
+                             "folder") from None
 
     def path(self, kind: str, key: Any) -> Path:
         return self.root / f"{kind}-{fingerprint(key)}.npz"
